@@ -1,0 +1,57 @@
+"""``POST /v1/messages``: authenticate, validate, produce (acks=all), then answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from adapters.body import read_limited
+from adapters.context import AdapterContext
+from adapters.exceptions import AdapterError
+from adapters.generic.config import PATH
+from adapters.generic.parse import parse_body
+from adapters.generic.verify import verify_request
+from router.exceptions import BrokerUnavailable
+
+__all__ = ["install"]
+
+log = logging.getLogger(__name__)
+CHANNEL_LABEL = "api"
+
+
+def install(app: web.Application, ctx: AdapterContext) -> None:
+    """Add ``POST /v1/messages`` to the adapters' app."""
+
+    async def ingest(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        m = ctx.metrics
+        m.requests.labels(CHANNEL_LABEL, "-").inc()
+        try:
+            body = await read_limited(request, ctx.settings.max_body_bytes)
+            verify_request(request.headers, body, ctx.settings, ctx.clock.now())
+            envelopes = parse_body(body, ctx.now_ms(), ctx.settings.max_batch_messages)
+        except AdapterError as exc:
+            m.rejected.labels(CHANNEL_LABEL, "-", exc.reason).inc()
+            return web.json_response(
+                {"error": exc.reason, "message": str(exc)}, status=exc.status
+            )
+        try:
+            await ctx.sink.send_envelopes(envelopes)
+        except BrokerUnavailable as exc:
+            m.rejected.labels(CHANNEL_LABEL, "-", "broker_unavailable").inc()
+            log.warning("ingest: %s", exc)
+            return web.json_response(
+                {"error": "broker_unavailable", "message": "Kafka did not acknowledge; retry"},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        for env in envelopes:
+            m.accepted.labels(env.channel.value, env.account).inc()
+        m.ack_latency.labels(CHANNEL_LABEL).observe(time.perf_counter() - started)
+        return web.json_response(
+            {"accepted": len(envelopes), "ids": [e.id for e in envelopes]}, status=202
+        )
+
+    app.router.add_post(PATH, ingest)

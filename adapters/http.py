@@ -1,0 +1,63 @@
+"""The adapters' HTTP app: every channel's routes plus /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from adapters.context import AdapterContext, Installer
+from adapters.producer import EnvelopeProducer
+
+__all__ = ["CONTEXT_KEY", "build_http_app", "default_installers"]
+
+CONTEXT_KEY: web.AppKey[AdapterContext] = web.AppKey("omni_context", AdapterContext)
+
+
+def default_installers() -> list[Installer]:
+    """Every channel adapter that ships with omniroute."""
+    from adapters.generic import install as generic
+
+    installers: list[Installer] = [generic]
+    return installers
+
+
+def build_http_app(ctx: AdapterContext, installers: Sequence[Installer] | None = None) -> web.Application:
+    """Build the aiohttp application (not started)."""
+    # The body limit is enforced per route with a specific 413; aiohttp's own
+    # limit is a backstop set a little higher.
+    app = web.Application(client_max_size=ctx.settings.max_body_bytes + 1024)
+    app[CONTEXT_KEY] = ctx
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(ctx.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        problems: list[str] = []
+        sink = ctx.sink
+        if isinstance(sink, EnvelopeProducer) and not sink.connected:
+            try:
+                await sink.start()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+                problems.append(f"kafka: {exc}")
+        if ctx.redis is not None:
+            try:
+                await ctx.redis.ping()
+            except (RedisError, OSError) as exc:
+                problems.append(f"redis: {exc}")
+        if problems:
+            return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    for install in installers if installers is not None else default_installers():
+        install(app, ctx)
+    return app

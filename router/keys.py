@@ -1,0 +1,48 @@
+"""Redis key layout. Every key starts with ``Settings.redis_prefix`` (default ``omni``).
+
+Keys that belong together carry a hash tag (``{...}``) so that the layout can be
+split per hash slot on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every Redis key the project uses, under one prefix."""
+
+    prefix: str = "omni"
+
+    def queue(self, group: str) -> str:
+        """Sorted set: the work queue of a skill group; member = message id,
+        score = band * 1e13 + received_at ms (lowest first = most urgent, then oldest)."""
+        return f"{self.prefix}:{{g:{group}}}:queue"
+
+    def decision(self, message_id: str) -> str:
+        """Hash: the one decision taken for a message (fields ``group``, ``decision``).
+        Its existence is the router's dedupe record: written once, with the enqueue."""
+        return f"{self.prefix}:msg:{{{message_id}}}"
+
+    def customer_tiers(self) -> str:
+        """Hash: customer id -> declared tier (``vip``, ``gold``, ``normal`` ...)."""
+        return f"{self.prefix}:customers:tier"
+
+    def contacts(self, customer_id: str) -> str:
+        """Sorted set: a customer's recent contact timestamps (ms) for repeat detection."""
+        return f"{self.prefix}:contacts:{{{customer_id}}}"
+
+    def groups(self) -> str:
+        """Set: skill groups that have ever had a queue (for the queue gauges)."""
+        return f"{self.prefix}:groups"
+
+    def conversation(self, conversation_id: str) -> str:
+        """Hash: conversation state (last group, last agent, last decided ms)."""
+        return f"{self.prefix}:conv:{{{conversation_id}}}"
+
+    def adapter_dedupe(self, channel: str, channel_msg_id: str) -> str:
+        """String with TTL: an adapter has already produced this channel message."""
+        return f"{self.prefix}:seen:{channel}:{{{channel_msg_id}}}"

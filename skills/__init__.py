@@ -1,0 +1,1 @@
+"""Taxonomy, keyword tagger, priority model, routing rules, skill groups, Redis queues."""

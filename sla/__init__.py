@@ -1,0 +1,1 @@
+"""SLA timers, escalation, business calendars, surge and incident detection."""

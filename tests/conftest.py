@@ -1,0 +1,84 @@
+"""Shared fixtures: a real Tansu broker and a real Redis for the whole session.
+
+Each test gets its own topic prefix and Redis key prefix (uuid4), so tests never
+see each other's data. Servers started here are stopped at session end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from router.admin import ensure_topics
+from router.embedded import redis_answers, start_broker, start_redis
+from router.settings import Settings
+
+TEST_TOKEN = "test-ingest-token"  # noqa: S105 - a test credential
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Bootstrap address of a Tansu broker started for this test session."""
+    with start_broker() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: the local server when one answers, else valkey-server from its wheel."""
+    url = os.environ.get("OMNI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    if redis_answers(url):
+        yield url
+        return
+    with start_redis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def settings(broker: str, redis_url: str) -> Settings:
+    """Settings isolated to this test: fresh topic and key prefixes."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings.model_validate(
+        {
+            "KAFKA_BOOTSTRAP": broker,
+            "REDIS_URL": redis_url,
+            "OMNI_TOPIC_PREFIX": f"t{tag}.",
+            "OMNI_REDIS_PREFIX": f"t{tag}",
+            "OMNI_CONSUMER_GROUP": f"router-{tag}",
+            "OMNI_TOPIC_PARTITIONS": 4,
+            "OMNI_FAST_REBALANCE": True,
+            "OMNI_INGEST_TOKENS": [SecretStr(TEST_TOKEN)],
+            "OMNI_PRODUCE_TIMEOUT_S": 5.0,
+        }
+    )
+
+
+@pytest.fixture
+async def topics_ready(settings: Settings) -> Settings:
+    """Settings whose topics exist on the broker."""
+    await ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+async def aredis(settings: Settings) -> AsyncIterator[Redis]:
+    """An asyncio Redis client; this test's keys are deleted afterwards."""
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
+    """A blocking Redis client for assertions from sync code."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
