@@ -46,3 +46,37 @@ class Keys:
     def adapter_dedupe(self, channel: str, channel_msg_id: str) -> str:
         """String with TTL: an adapter has already produced this channel message."""
         return f"{self.prefix}:seen:{channel}:{{{channel_msg_id}}}"
+
+    # --- agents and SLA (agent API, sla/) --------------------------------------
+    def agents(self) -> str:
+        """Sorted set: agent id -> last heartbeat (epoch ms); live agents are recent ones."""
+        return f"{self.prefix}:agents"
+
+    def agent(self, agent_id: str) -> str:
+        """Hash: an agent's registration (``groups`` JSON list, ``slots``, ``seen_ms``)."""
+        return f"{self.prefix}:agent:{{a:{agent_id}}}"
+
+    def agent_active(self, agent_id: str) -> str:
+        """Set: conversation ids an agent currently holds (one slot each)."""
+        return f"{self.prefix}:agent:{{a:{agent_id}}}:active"
+
+    def assignment(self, conversation_id: str) -> str:
+        """Hash: who holds a conversation (``agent``, ``group``, ``message_id``, ``state``,
+        ``at_ms``); kept for a day after resolve so retried actions stay idempotent."""
+        return f"{self.prefix}:assign:{{{conversation_id}}}"
+
+    def sla_deadlines(self) -> str:
+        """Sorted set: SLA deadline member -> due epoch ms (claimed atomically by Lua)."""
+        return f"{self.prefix}:{{sla}}:deadlines"
+
+    def sla_states(self) -> str:
+        """Hash: conversation id -> SLA state JSON (timers, policy, version)."""
+        return f"{self.prefix}:{{sla}}:conv"
+
+    def sla_resolved(self) -> str:
+        """Sorted set: resolved conversation id -> resolved epoch ms (tombstones to purge)."""
+        return f"{self.prefix}:{{sla}}:resolved"
+
+    def surge_state(self) -> str:
+        """Hash: surge scope -> detector state JSON (baseline, streaks, active)."""
+        return f"{self.prefix}:{{surge}}:state"

@@ -1,0 +1,141 @@
+"""The router worker process: a faust-streaming App built by a factory.
+
+faust supplies the worker runtime: lifecycle and signal handling, supervision of
+the routing task, timers and the web server (/metrics, /healthz, /readyz). The
+hot path itself (:class:`~router.worker.BatchRouter`) consumes in batches with
+aiokafka, because faust's per-event stream path costs about ten times the budget
+of a message (see README, "Benchmarks").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router.keys import Keys
+from router.metrics import RouterMetrics
+from router.reload import PipelineHolder
+from router.settings import Settings
+from router.worker import BatchRouter
+from skills.queues import RedisQueueStore
+
+__all__ = ["WorkerRuntime", "create_worker_app"]
+
+log = logging.getLogger(__name__)
+STATS_INTERVAL_S = 2.0
+
+
+class WorkerRuntime:
+    """Everything the worker owns, composed in dependency order: Redis -> store -> router."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics(registry)
+        self.holder = PipelineHolder(settings.config_dir, self.metrics)
+        self.redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=10)
+        routing = self.holder().config.routing
+        self.store = RedisQueueStore(
+            self.redis,
+            Keys(settings.redis_prefix),
+            decision_ttl_s=settings.decision_ttl_s,
+            repeat_window_s=routing.priority.repeat.window_s,
+            sticky_window_s=routing.sticky.window_s,
+            tier_cache_ttl_s=settings.tier_cache_ttl_s,
+            tier_cache_size=settings.tier_cache_size,
+        )
+        self.router = BatchRouter(settings, self.holder, self.store, self.metrics)
+        self.ready = False
+
+    def reload(self) -> None:
+        """Re-read the configuration; the next batch uses it."""
+        if self.holder.reload():
+            routing = self.holder().config.routing
+            self.store.configure(
+                repeat_window_s=routing.priority.repeat.window_s,
+                sticky_window_s=routing.sticky.window_s,
+            )
+
+    async def run(self) -> None:
+        """Route until cancelled; then close everything, newest first."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.redis.ping()
+            await self.router.start()
+            self.ready = True
+            log.info("router worker ready (config %s)", self.holder.version)
+            await self.router.run()
+        finally:
+            self.ready = False
+            await self.router.stop()
+            await self.redis.aclose()
+            log.info("router worker stopped after %d records", self.router.processed)
+
+    async def tick(self) -> None:
+        """Periodic: queue gauges + overflow view, and reload on file change."""
+        if self.holder.reload_if_changed():
+            self.reload()
+        if self.ready:
+            try:
+                await self.router.refresh_stats()
+            except (RedisError, OSError) as exc:
+                log.warning("queue stats: %r", exc)
+
+
+def create_worker_app(
+    settings: Settings, registry: CollectorRegistry | None = None
+) -> tuple[faust.App, WorkerRuntime]:
+    """Build (not start) the faust App of the router worker and its runtime."""
+    registry = registry or CollectorRegistry()
+    runtime = WorkerRuntime(settings, registry)
+    fast: dict[str, Any] = (
+        {"broker_session_timeout": 6, "broker_rebalance_timeout": 6,
+         "broker_heartbeat_interval": 1}
+        if settings.fast_rebalance
+        else {}
+    )
+    app = faust.App(
+        f"{settings.consumer_group}-worker",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        web_host=settings.http_host,
+        web_port=settings.worker_web_port,
+        web_in_thread=False,
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        store="memory://",
+        producer_acks=-1,
+        **fast,
+    )
+
+    @app.task
+    async def route() -> None:
+        await runtime.run()
+
+    @app.timer(interval=STATS_INTERVAL_S)
+    async def stats() -> None:
+        await runtime.tick()
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        if runtime.ready:
+            return web.json({"status": "ready", "config_version": runtime.holder.version})
+        return web.json({"status": "starting"}, status=503)
+
+    return app, runtime

@@ -1,0 +1,226 @@
+"""The ``omniroute`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from router.exceptions import ConfigError, RouterError
+from router.settings import Settings, default_config_dir
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="omniroute",
+    help="Event-driven omnichannel message router for customer service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate routing configuration.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customer data in Redis.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(customers_app, name="customers")
+err = Console(stderr=True)
+
+ConfigDirOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="configuration directory (default: OMNI_CONFIG_DIR "
+                 "or the shipped config/)", file_okay=False),
+]
+
+
+def _settings(config: Path | None = None) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        err.print(f"[red]invalid environment setting {first['loc'][0]}: {first['msg']} "
+                  f"(got {first.get('input')!r})[/red]")
+        raise typer.Exit(2) from None
+    if config is not None:
+        settings = settings.model_copy(update={"config_dir": config})
+    return settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _fail(exc: RouterError, code: int = 2) -> typer.Exit:
+    err.print(f"[red]{type(exc).__name__}:[/red] {exc}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+@config_app.command("check")
+def config_check(
+    directory: Annotated[Path, typer.Argument(help="configuration directory")] = Path("config"),
+) -> None:
+    """Validate DIR (taxonomy, skill groups, rules); print its version or every problem."""
+    from skills.config import load_config
+
+    try:
+        cfg = load_config(directory)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    tax = cfg.taxonomy
+    typer.echo(
+        f"{directory}: OK version={cfg.version} categories={len(tax.categories)} "
+        f"tags={len(tax.tag_ids())} keywords={tax.keyword_count()} "
+        f"groups={len(cfg.groups.groups)} rules={len(cfg.routing.rules)}"
+    )
+
+
+@app.command()
+def classify(
+    source: Annotated[str, typer.Argument(help="input file, or - for stdin")] = "-",
+    config: ConfigDirOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="auto, text, csv or jsonl")] = "auto",
+    with_text: Annotated[bool, typer.Option(help="wrap each decision with its input text")] = False,
+) -> None:
+    """Dry-run the routing on recorded traffic: one JSON decision per input line."""
+    from router.classify import InputError, InputFormat, classify_rows, read_rows
+    from router.pipeline import Pipeline
+    from skills.config import load_config
+
+    try:
+        input_format = InputFormat(fmt)
+    except ValueError:
+        err.print(f"[red]--format must be one of {[f.value for f in InputFormat]}, got {fmt!r}")
+        raise typer.Exit(2) from None
+    try:
+        pipeline = Pipeline(load_config(config or default_config_dir()))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    try:
+        stream = sys.stdin if source == "-" else open(source, encoding="utf-8-sig")  # noqa: SIM115
+    except OSError as exc:
+        err.print(f"[red]cannot read {source}: {exc.strerror}[/red]")
+        raise typer.Exit(2) from None
+    out = sys.stdout.buffer
+    try:
+        for line in classify_rows(pipeline, read_rows(stream, input_format), with_text):
+            out.write(line + b"\n")
+    except InputError as exc:
+        err.print(f"[red]{source}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    except UnicodeDecodeError as exc:
+        err.print(f"[red]{source}: not UTF-8 text ({exc.reason} at byte {exc.start})[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        out.flush()
+        if stream is not sys.stdin:
+            stream.close()
+
+
+@customers_app.command("import")
+def customers_import(
+    path: Annotated[Path, typer.Argument(help="CSV with columns customer_id,tier", dir_okay=False)],
+) -> None:
+    """Load customer tiers into Redis (hash ``<prefix>:customers:tier``)."""
+    from router.customers import import_tiers
+
+    settings = _settings()
+    try:
+        count = asyncio.run(import_tiers(settings, path))
+    except RouterError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"imported {count} customer tiers into {settings.redis_url}")
+
+
+@app.command()
+def worker(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
+    """Run the router worker (faust App) against KAFKA_BOOTSTRAP and REDIS_URL."""
+    from router.node import run_worker
+
+    _logging(loglevel)
+    try:
+        run_worker(_settings(), with_http=False, loglevel=loglevel)
+    except RouterError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def serve(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
+    """Run the adapters' HTTP app (ingest, channel callbacks, /metrics)."""
+    from router.node import serve as serve_http
+
+    _logging(loglevel)
+    try:
+        asyncio.run(serve_http(_settings()))
+    except RouterError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def run(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
+    """Run every component in one process: router worker + HTTP ingest."""
+    from router.admin import ensure_topics
+    from router.node import run_worker
+
+    _logging(loglevel)
+    settings = _settings()
+    try:
+        asyncio.run(ensure_topics(settings))
+        run_worker(settings, with_http=True, loglevel=loglevel)
+    except RouterError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def demo(
+    messages: Annotated[int, typer.Option(min=1, max=5000, help="messages to replay")] = 400,
+    keep_running: Annotated[bool, typer.Option(help="leave the stack up until Ctrl-C")] = False,
+) -> None:
+    """Embedded broker + Redis, router + ingest; replay real messages; print a summary."""
+    from router.demo import run_demo
+
+    try:
+        run_demo(messages, keep_running)
+    except RouterError as exc:
+        raise _fail(exc, 1) from None
+
+
+@app.command()
+def bench(
+    messages: Annotated[int, typer.Option("-n", "--messages", min=1000, help="messages")] = 50_000,
+    external: Annotated[bool, typer.Option(help="use KAFKA_BOOTSTRAP/REDIS_URL, not embedded")]
+    = False,
+) -> None:
+    """Router pipeline vs a raw aiokafka loop, same broker, same messages; prints one JSON line."""
+    from router.bench import run_bench
+
+    try:
+        result = run_bench(messages, _settings() if external else None)
+    except RouterError as exc:
+        raise _fail(exc, 1) from None
+    typer.echo(orjson.dumps(result).decode())
+
+
+@app.command()
+def schema(
+    which: Annotated[str, typer.Argument(help="envelope or decision")] = "envelope",
+) -> None:
+    """Print the JSON schema of the envelope or the decision."""
+    from router.schema import json_schema
+
+    try:
+        typer.echo(orjson.dumps(json_schema(which), option=orjson.OPT_INDENT_2).decode())
+    except KeyError:
+        err.print(f"[red]unknown schema {which!r}; use envelope or decision[/red]")
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

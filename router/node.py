@@ -1,0 +1,88 @@
+"""Process composition for ``omniroute serve``, ``worker`` and ``run``.
+
+Parts start in dependency order (Redis -> producer -> HTTP) inside one
+AsyncExitStack and stop in reverse; SIGTERM/SIGINT drain and log a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import faust
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from adapters.context import AdapterContext
+from adapters.http import build_http_app
+from adapters.producer import EnvelopeProducer
+from router.app import create_worker_app
+from router.metrics import AdapterMetrics
+from router.settings import Settings
+
+__all__ = ["http_ingest", "run_worker", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def http_ingest(
+    settings: Settings, registry: CollectorRegistry
+) -> AsyncIterator[tuple[web.AppRunner, AdapterContext]]:
+    """Start the adapters' HTTP app (and its producer and Redis client); stop on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        stack.push_async_callback(redis.aclose)
+        producer = EnvelopeProducer(settings)
+        stack.push_async_callback(producer.stop)
+        with contextlib.suppress(Exception):
+            await producer.start()  # a broker that is down now is retried per request (503)
+        ctx = AdapterContext(settings, producer, AdapterMetrics(registry), redis)
+        app = build_http_app(ctx)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        log.info("HTTP ingest on http://%s:%d", settings.http_host, settings.http_port)
+        yield runner, ctx
+
+
+async def serve(settings: Settings) -> None:
+    """``omniroute serve``: the HTTP ingest until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = CollectorRegistry()
+    async with http_ingest(settings, registry) as (_runner, ctx):
+        await stop.wait()
+        log.info("draining HTTP ingest")
+    accepted = sum(
+        s.value for metric in ctx.metrics.accepted.collect() for s in metric.samples
+        if s.name.endswith("_total")
+    )
+    log.info("HTTP ingest stopped; %d envelopes accepted", int(accepted))
+
+
+def run_worker(settings: Settings, with_http: bool, loglevel: str = "info") -> None:
+    """``omniroute worker`` (router only) or ``omniroute run`` (router + HTTP ingest)."""
+    registry = CollectorRegistry()
+    app, runtime = create_worker_app(settings, registry)
+    if with_http:
+
+        @app.task
+        async def ingest() -> None:
+            async with http_ingest(settings, registry):
+                await asyncio.Event().wait()  # until faust cancels the task on shutdown
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    log.info("worker exited; %d records routed", runtime.router.processed)

@@ -1,0 +1,76 @@
+"""Hot reload of the routing configuration (SIGHUP or a changed file), between batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from router.exceptions import ConfigError
+from router.metrics import RouterMetrics
+from router.pipeline import Pipeline
+from skills.config import CONFIG_FILES, load_config
+
+__all__ = ["PipelineHolder"]
+
+log = logging.getLogger(__name__)
+
+
+class PipelineHolder:
+    """Holds the active Pipeline; a reload swaps it atomically, a bad file keeps the old one."""
+
+    def __init__(self, directory: Path, metrics: RouterMetrics | None = None) -> None:
+        self.directory = Path(directory)
+        self.metrics = metrics
+        self._pipeline = Pipeline(load_config(self.directory))
+        self._stamp = self._mtimes()
+        self._publish(None)
+
+    def __call__(self) -> Pipeline:
+        return self._pipeline
+
+    @property
+    def version(self) -> str:
+        """Version of the active configuration."""
+        return self._pipeline.config.version
+
+    def _mtimes(self) -> tuple[float, ...]:
+        out = []
+        for name in CONFIG_FILES:
+            try:
+                out.append((self.directory / name).stat().st_mtime)
+            except OSError:
+                out.append(-1.0)
+        return tuple(out)
+
+    def _publish(self, old: str | None) -> None:
+        if self.metrics is None:
+            return
+        if old is not None:
+            self.metrics.config_info.remove(old)
+        self.metrics.config_info.labels(self.version).set(1)
+
+    def reload(self) -> bool:
+        """Load the directory again; True if a new version became active."""
+        self._stamp = self._mtimes()
+        try:
+            pipeline = Pipeline(load_config(self.directory))
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping %s:\n%s", self.version, exc)
+            if self.metrics is not None:
+                self.metrics.config_reloads.labels("rejected").inc()
+            return False
+        old = self.version
+        if pipeline.config.version == old:
+            return False
+        self._pipeline = pipeline
+        self._publish(old)
+        if self.metrics is not None:
+            self.metrics.config_reloads.labels("applied").inc()
+        log.info("routing configuration %s -> %s", old, self.version)
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """Reload when a file's modification time changed."""
+        if self._mtimes() == self._stamp:
+            return False
+        return self.reload()

@@ -1,0 +1,295 @@
+"""The router worker's hot path: batch consume -> decide -> one Redis script -> produce -> commit.
+
+Per batch (up to ``batch_max_records`` records from ``getmany``):
+
+1. decode each record into an Envelope; a record that fails goes to the
+   dead-letter topic with its reason, and the rest of the batch flows on;
+2. read per-message facts (tier, prior contacts, sticky group) in one script;
+3. decide every message with the active :class:`~router.pipeline.Pipeline`;
+4. apply every decision in one atomic script (dedupe + enqueue);
+5. produce the decisions (for replays: the decision stored the first time) and
+   dead letters, await the broker's acks;
+6. only then commit the batch's offsets.
+
+A crash anywhere before 6 replays the batch; step 4 makes the replay a no-op in
+Redis, so a message is never lost and never sits in two queues. Redis or broker
+failures retry the same batch with backoff instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from router import topics
+from router.exceptions import InvalidEnvelope
+from router.metrics import RouterMetrics
+from router.models import Decision, Envelope
+from router.pipeline import Pipeline
+from router.settings import Settings
+from skills.queues import QueueStore, depths_of
+
+__all__ = ["BatchRouter", "BatchResult", "consumer_timeouts"]
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 5.0
+DLQ_PREVIEW_CHARS = 500
+
+
+def consumer_timeouts(settings: Settings) -> dict[str, int]:
+    """Group-membership timeouts: short for tests and the demo, Kafka's defaults otherwise."""
+    if settings.fast_rebalance:
+        return {"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000,
+                "heartbeat_interval_ms": 1000}
+    return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
+            "heartbeat_interval_ms": 3000}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch did (for logs, tests and the benchmark)."""
+
+    records: int
+    routed: int
+    duplicates: int
+    dead_letters: int
+
+
+def _dead_letter(record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> bytes:
+    value = record.value or b""
+    return orjson.dumps({
+        "reason": reason,
+        "source": {"topic": record.topic, "partition": record.partition,
+                   "offset": record.offset},
+        "key_b64": base64.b64encode(record.key).decode() if record.key else None,
+        "value_b64": base64.b64encode(value).decode(),
+        "value_preview": value[:DLQ_PREVIEW_CHARS * 4].decode("utf-8", "replace")[
+            :DLQ_PREVIEW_CHARS],
+        "failed_at_ms": now_ms,
+    })
+
+
+class BatchRouter:
+    """Consumes omni.inbound in one consumer group; ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Callable[[], Pipeline],
+        store: QueueStore,
+        metrics: RouterMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._pipeline = pipeline  # called per batch: a reload swaps it between batches
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.inbound = settings.topic(topics.INBOUND)
+        self.routed = settings.topic(topics.ROUTED)
+        self.dead_letter = settings.topic(topics.DEAD_LETTER)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._depths: dict[str, int] = {}
+        self.processed = 0
+
+    async def start(self) -> None:
+        """Connect the consumer (joins the group) and the producer."""
+        if self._consumer is not None:
+            return
+        self._stopping.clear()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=self.settings.kafka_idempotence,
+            linger_ms=5,
+            max_batch_size=1_048_576,
+        )
+        consumer = AIOKafkaConsumer(
+            self.inbound,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_max_records,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            **consumer_timeouts(self.settings),
+        )
+        await producer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer, self._consumer = producer, consumer
+
+    async def stop(self) -> None:
+        """Stop consuming; the current batch finishes and commits first (see ``run``)."""
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> BatchRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to return after the batch in hand is committed (SIGTERM drain)."""
+        self._stopping.set()
+
+    def update_depths(self, depths: dict[str, int]) -> None:
+        """Queue depths for overflow decisions (refreshed by the stats loop)."""
+        self._depths = depths
+
+    async def refresh_stats(self) -> None:
+        """Read queue depth / oldest age into the gauges and the overflow view."""
+        stats = await self.store.stats(int(self.clock() * 1000))
+        for group, s in stats.items():
+            self.metrics.queue_depth.labels(group).set(s.depth)
+            self.metrics.queue_oldest_age.labels(group).set(s.oldest_age_s)
+        self._depths = depths_of(stats)
+
+    async def run(self) -> None:
+        """Consume until ``request_stop``/``stop``; every batch is committed after its effects.
+
+        If the task running this is cancelled (SIGTERM), the batch in hand still
+        finishes and commits before the cancellation propagates (drain).
+        """
+        await self.start()
+        consumer = self._consumer
+        assert consumer is not None  # noqa: S101 - start() set it
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=250, max_records=self.settings.batch_max_records
+            )
+            if not any(batch.values()):
+                continue
+            handling = asyncio.ensure_future(self._handle(consumer, batch))
+            try:
+                await asyncio.shield(handling)
+            except asyncio.CancelledError:
+                await handling
+                raise
+
+    async def _handle(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[Any, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        records = [r for part in batch.values() for r in part]
+        await self._process_until_done(records)
+        await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
+
+    async def _process_until_done(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.process(records)
+                return
+            except (RedisError, KafkaError, OSError) as exc:
+                log.warning("batch of %d failed (%r); retrying in %.1f s", len(records), exc,
+                            backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> BatchResult:
+        """Route one batch (steps 1-5); raises on Redis/broker failure so it can be retried."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("BatchRouter.process() needs start() first")
+        m = self.metrics
+        pipeline = self._pipeline()
+        now_ms = int(self.clock() * 1000)
+        envelopes: list[Envelope] = []
+        sources: list[ConsumerRecord[bytes, bytes]] = []
+        dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+        for rec in records:
+            try:
+                if rec.value is None:
+                    raise InvalidEnvelope("empty record (tombstone)")
+                envelopes.append(Envelope.from_json(rec.value))
+                sources.append(rec)
+            except InvalidEnvelope as exc:
+                dead.append((rec, f"invalid_envelope: {exc}"))
+        facts = await self.store.facts(envelopes, now_ms)
+        decisions: list[Decision] = []
+        decided_sources: list[ConsumerRecord[bytes, bytes]] = []
+        depths = dict(self._depths)  # local view; this batch's own enqueues count too
+        for env, fact, rec in zip(envelopes, facts, sources, strict=True):
+            try:
+                decision = pipeline.decide(env, now_ms, fact, depths)
+            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the partition
+                log.exception("cannot decide %r", env)
+                dead.append((rec, f"decide_failed: {type(exc).__name__}: {exc}"))
+                continue
+            decisions.append(decision)
+            decided_sources.append(rec)
+            depths[decision.skill_group] = depths.get(decision.skill_group, 0) + 1
+        stored = await self.store.enqueue(decisions)
+        futures: list[Any] = []
+        duplicates = 0
+        for decision, prior in zip(decisions, stored, strict=True):
+            value = decision.to_json() if prior is None else prior
+            if prior is not None:
+                duplicates += 1
+            futures.append(
+                await producer.send(self.routed, value, key=decision.conversation_id.encode())
+            )
+        for rec, reason in dead:
+            log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
+                        reason)
+            futures.append(
+                await producer.send(self.dead_letter, _dead_letter(rec, reason, now_ms),
+                                    key=rec.key)
+            )
+        if futures:
+            await asyncio.gather(*futures)
+        self._depths = depths
+        # metrics only after the effects are durable
+        m.batch_size.observe(len(records))
+        for env in envelopes:
+            m.messages_in.labels(env.channel.value).inc()
+        for decision, prior in zip(decisions, stored, strict=True):
+            if prior is None:
+                m.decisions.labels(decision.skill_group, decision.priority.band.value).inc()
+                m.decision_latency.labels(decision.channel.value).observe(
+                    max(0.0, (decision.decided_at_ms - decision.received_at_ms) / 1000)
+                )
+                if decision.overflow_from:
+                    m.overflows.labels(decision.overflow_from).inc()
+        if duplicates:
+            m.duplicates.inc(duplicates)
+        for _rec, reason in dead:
+            m.dead_letters.labels(reason.split(":", 1)[0]).inc()
+        self.processed += len(records)
+        return BatchResult(len(records), len(decisions) - duplicates, duplicates, len(dead))
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``predicate`` until true or the deadline (used by the CLI's demo)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+

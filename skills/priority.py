@@ -1,0 +1,168 @@
+"""Explainable priority: a score from documented parts, then a band P0-P4.
+
+score = max over tags of (urgency x importance x points_per_step)
+      + tier points + high-value order points + compliance points
+      + repeat-contact points + emotion points + synchronous-channel points + hint points
+A personal-safety tag forces P0. Every part that contributes leaves a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from router.models import Band, Envelope, Priority, TagHit
+
+if TYPE_CHECKING:
+    from skills.taxonomy import Taxonomy
+
+__all__ = ["PriorityModel", "PrioritySettings"]
+
+
+class HighValue(BaseModel):
+    """Orders at or above ``amount`` yuan add ``points``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    amount: float = Field(100.0, ge=0)
+    points: float = Field(10.0, ge=0)
+
+
+class Repeat(BaseModel):
+    """The ``contacts``-th contact (or later) of a customer within ``window_s`` adds ``points``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    contacts: int = Field(3, ge=2)
+    window_s: float = Field(86_400.0, gt=0)
+    points: float = Field(15.0, ge=0)
+
+
+class PrioritySettings(BaseModel):
+    """Key ``priority`` of config/routing.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    points_per_step: float = Field(5.0, ge=0, description="per unit of urgency x importance")
+    bands: dict[Band, float] = Field(
+        default_factory=lambda: {Band.P0: 80.0, Band.P1: 60.0, Band.P2: 40.0, Band.P3: 20.0},
+        description="minimum score of each band; below the lowest is P4",
+    )
+    tiers: dict[str, float] = Field(
+        default_factory=lambda: {"svip": 30.0, "vip": 20.0, "gold": 10.0, "normal": 0.0}
+    )
+    default_tier: str = "normal"
+    high_value: HighValue = Field(default_factory=HighValue)
+    compliance_tags: tuple[str, ...] = ("legal",)
+    compliance_points: float = Field(25.0, ge=0)
+    emergency_tags: tuple[str, ...] = ("safety",)
+    repeat: Repeat = Field(default_factory=Repeat)
+    synchronous_points: float = Field(10.0, ge=0, description="phone and live stream")
+    hint_points: dict[str, float] = Field(default_factory=lambda: {"callback": 10.0})
+
+    @model_validator(mode="after")
+    def _bands_descend(self) -> PrioritySettings:
+        ordered = [self.bands[b] for b in sorted(self.bands, key=lambda b: b.rank)]
+        if any(a <= b for a, b in zip(ordered, ordered[1:], strict=False)):
+            raise ValueError(
+                f"band thresholds must fall from P0 to P3, got {dict(self.bands)}; "
+                "e.g. {P0: 80, P1: 60, P2: 40, P3: 20}"
+            )
+        if Band.P4 in self.bands:
+            raise ValueError("P4 has no threshold: it is every score below the lowest band")
+        return self
+
+
+def _under(tag_id: str, roots: Sequence[str]) -> bool:
+    return any(tag_id == r or tag_id.startswith(r + ".") for r in roots)
+
+
+class PriorityModel:
+    """Scores one message; pure (all Redis facts are passed in)."""
+
+    def __init__(self, cfg: PrioritySettings, taxonomy: Taxonomy) -> None:
+        self.cfg = cfg
+        self._taxonomy = taxonomy
+        self._emotion_weights: Mapping[str, float] = {
+            eid: e.weight for eid, e in taxonomy.emotions.items()
+        }
+        self._bands = sorted(cfg.bands.items(), key=lambda kv: kv[0].rank)
+
+    def tier_of(self, env: Envelope, redis_tier: str | None) -> str:
+        """Redis tier wins over the tier the channel declared; else the default."""
+        tier = redis_tier or env.customer.tier or self.cfg.default_tier
+        return tier.lower()
+
+    def score(
+        self,
+        env: Envelope,
+        tags: Sequence[TagHit],
+        emotions: Sequence[TagHit],
+        tier: str,
+        prior_contacts: int = 0,
+    ) -> Priority:
+        """Priority with its reasons. ``prior_contacts``: earlier contacts in the window."""
+        cfg = self.cfg
+        reasons: list[str] = []
+        score = 0.0
+        best: tuple[float, str] | None = None
+        for hit in tags:
+            try:
+                leaf = self._taxonomy.leaf(hit.id)
+            except KeyError:
+                continue
+            pts = leaf.urgency * leaf.importance * cfg.points_per_step
+            if best is None or pts > best[0]:
+                best = (pts, f"{hit.id} ({leaf.name}): urgency {leaf.urgency} x importance "
+                             f"{leaf.importance} -> +{pts:g}")
+        if best is not None:
+            score += best[0]
+            reasons.append(best[1])
+        tier_pts = cfg.tiers.get(tier, 0.0)
+        if tier_pts:
+            score += tier_pts
+            reasons.append(f"customer tier {tier} -> +{tier_pts:g}")
+        amount = env.order.amount if env.order else None
+        if amount is not None and amount >= cfg.high_value.amount and cfg.high_value.points:
+            score += cfg.high_value.points
+            reasons.append(
+                f"order amount {amount:g} >= {cfg.high_value.amount:g} yuan -> "
+                f"+{cfg.high_value.points:g}"
+            )
+        legal = [t.id for t in tags if _under(t.id, cfg.compliance_tags)]
+        if legal and cfg.compliance_points:
+            score += cfg.compliance_points
+            reasons.append(f"compliance risk ({', '.join(legal)}) -> +{cfg.compliance_points:g}")
+        nth = prior_contacts + 1
+        if nth >= cfg.repeat.contacts and cfg.repeat.points:
+            score += cfg.repeat.points
+            reasons.append(
+                f"repeat contact: contact #{nth} within {cfg.repeat.window_s:g} s -> "
+                f"+{cfg.repeat.points:g}"
+            )
+        for emo in emotions:
+            w = self._emotion_weights.get(emo.id, 0.0)
+            if w:
+                score += w
+                reasons.append(f"emotion {emo.id} ({'、'.join(emo.keywords[:3])}) -> +{w:g}")
+        if env.synchronous and cfg.synchronous_points:
+            score += cfg.synchronous_points
+            reasons.append(f"synchronous channel {env.channel.value} -> +{cfg.synchronous_points:g}")
+        for hint in env.hints:
+            pts = cfg.hint_points.get(hint, 0.0)
+            if pts:
+                score += pts
+                reasons.append(f"channel hint {hint} -> +{pts:g}")
+        emergency = [t.id for t in tags if _under(t.id, cfg.emergency_tags)]
+        if emergency:
+            reasons.append(f"personal-safety emergency ({', '.join(emergency)}) -> P0")
+            return Priority(score=round(score, 2), band=Band.P0, reasons=tuple(reasons))
+        band = Band.P4
+        for b, threshold in self._bands:
+            if score >= threshold:
+                band = b
+                reasons.append(f"score {score:g} >= {threshold:g} -> {b.value}")
+                break
+        else:
+            reasons.append(f"score {score:g} below every band threshold -> P4")
+        return Priority(score=round(score, 2), band=band, reasons=tuple(reasons))
