@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from router.keys import Keys
 from router.metrics import RouterMetrics
 from router.reload import PipelineHolder
+from router.redis_client import connect
 from router.settings import Settings
 from router.worker import BatchRouter
 from skills.queues import RedisQueueStore
@@ -40,7 +41,7 @@ class WorkerRuntime:
         self.settings = settings
         self.metrics = RouterMetrics(registry)
         self.holder = PipelineHolder(settings.config_dir, self.metrics)
-        self.redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=10)
+        self.redis: Redis = connect(settings.redis_url, socket_timeout=10)
         routing = self.holder().config.routing
         self.store = RedisQueueStore(
             self.redis,

@@ -80,3 +80,11 @@ class Keys:
     def surge_state(self) -> str:
         """Hash: surge scope -> detector state JSON (baseline, streaks, active)."""
         return f"{self.prefix}:{{surge}}:state"
+
+    def surge_window(self, window_index: int) -> str:
+        """Hash: surge scope -> arrivals in one window (index = epoch ms // window ms)."""
+        return f"{self.prefix}:{{surge}}:w:{window_index}"
+
+    def surge_closed(self, window_index: int) -> str:
+        """String with TTL: the worker that evaluated a closed surge window (a lock)."""
+        return f"{self.prefix}:{{surge}}:closed:{window_index}"

@@ -41,6 +41,7 @@ class Pipeline:
         self.rules = RuleSet(config.routing.rules)
         self._groups = config.groups.groups
         self._sticky = config.routing.sticky
+        self._emergency = frozenset(config.routing.priority.emergency_tags)
 
     def _overflow(
         self, target: str, fallbacks: tuple[str, ...], depths: Mapping[str, int],
@@ -80,9 +81,9 @@ class Pipeline:
         priority = self.priority.score(
             env, tagged.tags, tagged.emotions, tier, facts.prior_contacts
         )
+        tag_ids = [t.id for t in tagged.tags]
         rule_facts = RuleSet.facts(
-            env, (t.id for t in tagged.tags), (e.id for e in tagged.emotions), tier,
-            priority.band,
+            env, tag_ids, [e.id for e in tagged.emotions], tier, priority.band
         )
         rule = self.rules.match(rule_facts)
         if rule is None:  # load_config guarantees a catch-all; kept for hand-built configs
@@ -90,9 +91,7 @@ class Pipeline:
         explain = [f"rule {rule.id} -> {rule.target}"]
         target = rule.target
         agent: str | None = None
-        emergency = any(
-            t.id.split(".", 1)[0] in self.priority.cfg.emergency_tags for t in tagged.tags
-        )
+        emergency = bool(tag_ids) and not self._emergency.isdisjoint(rule_facts.tags)
         if (
             self._sticky.enabled
             and facts.sticky_group is not None

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     decision_ttl_s: int = Field(7 * 86_400, ge=60, alias="OMNI_DECISION_TTL_S")
     tier_cache_ttl_s: float = Field(60.0, ge=0, alias="OMNI_TIER_CACHE_TTL_S")
     tier_cache_size: int = Field(100_000, ge=0, alias="OMNI_TIER_CACHE_SIZE")
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000, alias="OMNI_FETCH_MAX_WAIT_MS")
     fast_rebalance: bool = Field(False, alias="OMNI_FAST_REBALANCE")
     kafka_idempotence: bool = Field(False, alias="OMNI_KAFKA_IDEMPOTENCE")
 

@@ -22,9 +22,9 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -39,9 +39,10 @@ from router.pipeline import Pipeline
 from router.settings import Settings
 from skills.queues import QueueStore, depths_of
 
-__all__ = ["BatchRouter", "BatchResult", "consumer_timeouts"]
+__all__ = ["BatchResult", "BatchRouter", "Prepared", "consumer_timeouts"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
 DLQ_PREVIEW_CHARS = 500
 
@@ -53,6 +54,18 @@ def consumer_timeouts(settings: Settings) -> dict[str, int]:
                 "heartbeat_interval_ms": 1000}
     return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
             "heartbeat_interval_ms": 3000}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decided batch whose effects have not been applied yet."""
+
+    records: int
+    envelopes: list[Envelope]
+    decisions: list[Decision]
+    encoded: list[bytes]  # each decision's JSON, encoded once
+    dead: list[tuple[ConsumerRecord[bytes, bytes], str]]
+    now_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,7 @@ class BatchRouter:
             auto_offset_reset="earliest",
             max_poll_records=self.settings.batch_max_records,
             fetch_max_bytes=64 * 1024 * 1024,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             **consumer_timeouts(self.settings),
         )
@@ -171,52 +185,60 @@ class BatchRouter:
     async def run(self) -> None:
         """Consume until ``request_stop``/``stop``; every batch is committed after its effects.
 
-        If the task running this is cancelled (SIGTERM), the batch in hand still
-        finishes and commits before the cancellation propagates (drain).
+        Two batches overlap: while batch N's effects are applied (Redis script,
+        produce, commit), batch N+1 is decoded and decided. Commits stay in order,
+        because batch N+1 commits only after batch N has. If the task running this
+        is cancelled (SIGTERM), the batches in hand still finish and commit before
+        the cancellation propagates (drain).
         """
         await self.start()
+        self._stopping.clear()
         consumer = self._consumer
         assert consumer is not None  # noqa: S101 - start() set it
-        while not self._stopping.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=250, max_records=self.settings.batch_max_records
-            )
-            if not any(batch.values()):
-                continue
-            handling = asyncio.ensure_future(self._handle(consumer, batch))
-            try:
-                await asyncio.shield(handling)
-            except asyncio.CancelledError:
-                await handling
-                raise
+        finishing: asyncio.Future[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=250, max_records=self.settings.batch_max_records
+                )
+                if not any(batch.values()):
+                    continue
+                records = [r for part in batch.values() for r in part]
+                prepared = await self._retrying(self.prepare, records)
+                if finishing is not None:
+                    await asyncio.shield(finishing)  # at most one batch in flight
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+                finishing = asyncio.ensure_future(self._finish_and_commit(prepared, offsets))
+            if finishing is not None:
+                await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            if finishing is not None:
+                await finishing
+            raise
 
-    async def _handle(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: dict[Any, list[ConsumerRecord[bytes, bytes]]],
-    ) -> None:
-        records = [r for part in batch.values() for r in part]
-        await self._process_until_done(records)
-        await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
+    async def _finish_and_commit(self, prepared: Prepared, offsets: dict[Any, int]) -> None:
+        await self._retrying(self.finish, prepared)
+        consumer = self._consumer
+        if consumer is not None:
+            await consumer.commit(offsets)
 
-    async def _process_until_done(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _retrying(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
         backoff = 0.1
         while True:
             try:
-                await self.process(records)
-                return
+                return await step(arg)
             except (RedisError, KafkaError, OSError) as exc:
-                log.warning("batch of %d failed (%r); retrying in %.1f s", len(records), exc,
+                log.warning("batch step %s failed (%r); retrying in %.1f s", step.__name__, exc,
                             backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> BatchResult:
-        """Route one batch (steps 1-5); raises on Redis/broker failure so it can be retried."""
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("BatchRouter.process() needs start() first")
-        m = self.metrics
+        """Route one batch without committing (steps 1-5); raises on Redis/broker failure."""
+        return await self.finish(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
+        """Steps 1-3: decode, read facts, decide. No effect anywhere yet."""
         pipeline = self._pipeline()
         now_ms = int(self.clock() * 1000)
         envelopes: list[Envelope] = []
@@ -232,7 +254,7 @@ class BatchRouter:
                 dead.append((rec, f"invalid_envelope: {exc}"))
         facts = await self.store.facts(envelopes, now_ms)
         decisions: list[Decision] = []
-        decided_sources: list[ConsumerRecord[bytes, bytes]] = []
+        encoded: list[bytes] = []
         depths = dict(self._depths)  # local view; this batch's own enqueues count too
         for env, fact, rec in zip(envelopes, facts, sources, strict=True):
             try:
@@ -242,33 +264,48 @@ class BatchRouter:
                 dead.append((rec, f"decide_failed: {type(exc).__name__}: {exc}"))
                 continue
             decisions.append(decision)
-            decided_sources.append(rec)
+            encoded.append(decision.to_json())
             depths[decision.skill_group] = depths.get(decision.skill_group, 0) + 1
-        stored = await self.store.enqueue(decisions)
+        self._depths = depths
+        return Prepared(len(records), envelopes, decisions, encoded, dead, now_ms)
+
+    async def finish(self, prepared: Prepared) -> BatchResult:
+        """Steps 4-5: the atomic Redis script, then produce decisions and dead letters."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("BatchRouter.finish() needs start() first")
+        decisions = prepared.decisions
+        stored = await self.store.enqueue(decisions, prepared.encoded)
         futures: list[Any] = []
         duplicates = 0
-        for decision, prior in zip(decisions, stored, strict=True):
-            value = decision.to_json() if prior is None else prior
+        send = producer.send
+        routed = self.routed
+        for decision, value, prior in zip(decisions, prepared.encoded, stored, strict=True):
             if prior is not None:
                 duplicates += 1
-            futures.append(
-                await producer.send(self.routed, value, key=decision.conversation_id.encode())
-            )
-        for rec, reason in dead:
+                value = prior
+            futures.append(await send(routed, value, key=decision.conversation_id.encode()))
+        for rec, reason in prepared.dead:
             log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         reason)
             futures.append(
-                await producer.send(self.dead_letter, _dead_letter(rec, reason, now_ms),
-                                    key=rec.key)
+                await send(self.dead_letter, _dead_letter(rec, reason, prepared.now_ms),
+                           key=rec.key)
             )
         if futures:
             await asyncio.gather(*futures)
-        self._depths = depths
-        # metrics only after the effects are durable
-        m.batch_size.observe(len(records))
-        for env in envelopes:
+        self._observe(prepared, stored, duplicates)
+        self.processed += prepared.records
+        return BatchResult(prepared.records, len(decisions) - duplicates, duplicates,
+                           len(prepared.dead))
+
+    def _observe(self, prepared: Prepared, stored: Sequence[bytes | None], duplicates: int) -> None:
+        """Metrics, only once the effects are durable."""
+        m = self.metrics
+        m.batch_size.observe(prepared.records)
+        for env in prepared.envelopes:
             m.messages_in.labels(env.channel.value).inc()
-        for decision, prior in zip(decisions, stored, strict=True):
+        for decision, prior in zip(prepared.decisions, stored, strict=True):
             if prior is None:
                 m.decisions.labels(decision.skill_group, decision.priority.band.value).inc()
                 m.decision_latency.labels(decision.channel.value).observe(
@@ -278,10 +315,8 @@ class BatchRouter:
                     m.overflows.labels(decision.overflow_from).inc()
         if duplicates:
             m.duplicates.inc(duplicates)
-        for _rec, reason in dead:
+        for _rec, reason in prepared.dead:
             m.dead_letters.labels(reason.split(":", 1)[0]).inc()
-        self.processed += len(records)
-        return BatchResult(len(records), len(decisions) - duplicates, duplicates, len(dead))
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:

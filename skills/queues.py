@@ -104,8 +104,11 @@ class QueueStore(Protocol):
     async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[MessageFacts]:
         """Tier, prior contacts and sticky group/agent of each envelope."""
 
-    async def enqueue(self, decisions: Sequence[Decision]) -> list[bytes | None]:
-        """Apply the decisions; per decision None if new, else the decision stored earlier."""
+    async def enqueue(
+        self, decisions: Sequence[Decision], encoded: Sequence[bytes]
+    ) -> list[bytes | None]:
+        """Apply the decisions (``encoded``: their JSON); per decision None if new, else the
+        decision stored earlier."""
 
     async def stats(self, now_ms: int) -> dict[str, QueueStats]:
         """Depth and oldest age per group that has ever had a queue."""
@@ -197,7 +200,9 @@ class RedisQueueStore:
             )
         return out
 
-    async def enqueue(self, decisions: Sequence[Decision]) -> list[bytes | None]:
+    async def enqueue(
+        self, decisions: Sequence[Decision], encoded: Sequence[bytes]
+    ) -> list[bytes | None]:
         """One atomic script call for the whole batch."""
         if not decisions:
             return []
@@ -205,14 +210,14 @@ class RedisQueueStore:
         args: list[str | int | float | bytes] = [
             self.decision_ttl_s, self.repeat_window_ms, self.sticky_window_ms,
         ]
-        for d in decisions:
+        for d, value in zip(decisions, encoded, strict=True):
             keys += [
                 self.keys.decision(d.message_id),
                 self.keys.queue(d.skill_group),
                 self.keys.conversation(d.conversation_id),
                 self.keys.contacts(d.customer_id),
             ]
-            args += [d.message_id, repr(d.queue_score), d.to_json(), d.skill_group,
+            args += [d.message_id, repr(d.queue_score), value, d.skill_group,
                      d.received_at_ms]
         raw = await self._enqueue(keys=keys, args=args)
         return [None if r == 1 else bytes(r) for r in raw]

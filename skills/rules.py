@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.models import Band, Channel, EntryKind, Envelope
 
 __all__ = ["Facts", "Rule", "RuleSet", "When"]
+
+_EMPTY: frozenset[str] = frozenset()
 
 
 class When(BaseModel):
@@ -65,24 +67,43 @@ class Facts:
         return frozenset(out)
 
 
-def _holds(w: When, f: Facts) -> bool:
-    if w.tags_any and not any(t in f.tags for t in w.tags_any):
-        return False
-    if w.tags_none and any(t in f.tags for t in w.tags_none):
-        return False
-    if w.emotions_any and not any(e in f.emotions for e in w.emotions_any):
-        return False
-    if w.tiers and f.tier not in w.tiers:
-        return False
-    if w.channels and f.channel not in w.channels:
-        return False
-    if w.entries and f.entry not in w.entries:
-        return False
-    if w.bands and f.band not in w.bands:
-        return False
-    if w.hints_any and not any(h in f.hints for h in w.hints_any):
-        return False
-    return not (w.min_amount is not None and (f.amount is None or f.amount < w.min_amount))
+class _Compiled:
+    """A rule's condition as sets, so a test is a few ``isdisjoint`` calls."""
+
+    __slots__ = ("amount", "bands", "channels", "emotions", "entries", "hints", "rule",
+                 "tags_any", "tags_none", "tiers")
+
+    def __init__(self, rule: Rule) -> None:
+        w = rule.when
+        self.rule = rule
+        self.tags_any = frozenset(w.tags_any)
+        self.tags_none = frozenset(w.tags_none)
+        self.emotions = frozenset(w.emotions_any)
+        self.tiers = frozenset(w.tiers)
+        self.channels = frozenset(w.channels)
+        self.entries = frozenset(w.entries)
+        self.bands = frozenset(w.bands)
+        self.hints = frozenset(w.hints_any)
+        self.amount = w.min_amount
+
+    def holds(self, f: Facts) -> bool:
+        if self.tags_any and self.tags_any.isdisjoint(f.tags):
+            return False
+        if self.tags_none and not self.tags_none.isdisjoint(f.tags):
+            return False
+        if self.emotions and self.emotions.isdisjoint(f.emotions):
+            return False
+        if self.tiers and f.tier not in self.tiers:
+            return False
+        if self.channels and f.channel not in self.channels:
+            return False
+        if self.entries and f.entry not in self.entries:
+            return False
+        if self.bands and f.band not in self.bands:
+            return False
+        if self.hints and self.hints.isdisjoint(f.hints):
+            return False
+        return not (self.amount is not None and (f.amount is None or f.amount < self.amount))
 
 
 class RuleSet:
@@ -90,26 +111,34 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules = tuple(rules)
+        self._compiled = tuple(_Compiled(r) for r in self.rules)
 
     def match(self, facts: Facts) -> Rule | None:
         """The first matching rule, or None."""
-        for rule in self.rules:
-            if _holds(rule.when, facts):
-                return rule
+        for compiled in self._compiled:
+            if compiled.holds(facts):
+                return compiled.rule
         return None
 
     @staticmethod
     def facts(
-        env: Envelope, tags: Iterable[str], emotions: Iterable[str], tier: str, band: Band
+        env: Envelope, tags: Sequence[str], emotions: Sequence[str], tier: str, band: Band
     ) -> Facts:
-        """Facts of one message."""
+        """Facts of one message (hot path: no generators, shared empty sets)."""
+        if tags:
+            expanded = set(tags)
+            for t in tags:
+                expanded.add(t.partition(".")[0])
+            tag_set = frozenset(expanded)
+        else:
+            tag_set = _EMPTY
         return Facts(
-            tags=Facts.expand(tags),
-            emotions=frozenset(emotions),
+            tags=tag_set,
+            emotions=frozenset(emotions) if emotions else _EMPTY,
             tier=tier,
             channel=env.channel,
             entry=env.entry.kind if env.entry else None,
             band=band,
-            hints=frozenset(env.hints),
+            hints=frozenset(env.hints) if env.hints else _EMPTY,
             amount=env.order.amount if env.order else None,
         )

@@ -1,0 +1,234 @@
+"""``omniroute bench``: the router pipeline against a raw aiokafka loop, same broker, same data.
+
+(a) raw: consume -> orjson decode -> orjson encode -> produce, committing per batch;
+(b) router: the worker's full hot path (decode + validate, Redis facts, tag,
+    prioritise, route, atomic Redis enqueue, produce the decision, commit).
+Both read the same N envelopes built from the bundled real messages, with the
+same batch size, and are timed from their first record to their last commit.
+Latency (p50/p99) comes from a third, paced phase: messages published at half
+the measured router rate, each timed from its publication to its decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from router import topics
+from router.admin import ensure_topics
+from router.corpus import bundled_texts, demo_envelope
+from router.embedded import redis_or_embedded, start_broker
+from router.keys import Keys
+from router.metrics import RouterMetrics
+from router.reload import PipelineHolder
+from router.redis_client import connect
+from router.settings import Settings
+from router.worker import BatchRouter, consumer_timeouts
+from skills.queues import RedisQueueStore
+
+__all__ = ["run_bench"]
+
+LATENCY_MESSAGES = 2000
+
+
+@contextlib.contextmanager
+def _infrastructure(settings: Settings | None) -> Iterator[Settings]:
+    tag = uuid.uuid4().hex[:8]
+    base = settings or Settings()
+    with contextlib.ExitStack() as stack:
+        bootstrap = base.kafka_bootstrap
+        redis_url = base.redis_url
+        if settings is None:
+            bootstrap = stack.enter_context(start_broker()).url
+            redis_url = stack.enter_context(redis_or_embedded(base.redis_url))
+        yield base.model_copy(update={
+            "kafka_bootstrap": bootstrap, "redis_url": redis_url,
+            "topic_prefix": f"bench{tag}.", "redis_prefix": f"bench{tag}",
+            "consumer_group": f"bench-{tag}", "fast_rebalance": True, "topic_partitions": 4,
+        })
+
+
+async def _publish(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                linger_ms=5, max_batch_size=1_048_576)
+    await producer.start()
+    try:
+        for i in range(0, len(values), 5000):
+            futs = [await producer.send(topic, v, key=k) for k, v in values[i : i + 5000]]
+            await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+async def _raw_loop(settings: Settings, src: str, dst: str, n: int) -> float:
+    """Baseline: msgs/s of consume -> decode -> encode -> produce -> commit."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                linger_ms=5, max_batch_size=1_048_576)
+    consumer = AIOKafkaConsumer(
+        src, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.consumer_group}-raw",
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_records, fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **consumer_timeouts(settings),
+    )
+    await producer.start()
+    await consumer.start()
+    done = 0
+    started: float | None = None
+    try:
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=250,
+                                           max_records=settings.batch_max_records)
+            if not any(batch.values()):
+                continue
+            if started is None:
+                started = time.perf_counter()
+            futs = []
+            for recs in batch.values():
+                for rec in recs:
+                    assert rec.value is not None  # noqa: S101 - the bench wrote every value
+                    out = orjson.dumps(orjson.loads(rec.value))
+                    futs.append(await producer.send(dst, out, key=rec.key))
+                    done += 1
+            await asyncio.gather(*futs)
+            await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
+        assert started is not None  # noqa: S101 - n >= 1
+        return n / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _router_phase(
+    settings: Settings, router: BatchRouter, n: int
+) -> float:
+    first: float | None = None
+    original = router.prepare
+
+    async def timed(records: Any) -> Any:
+        nonlocal first
+        if first is None:
+            first = time.perf_counter()
+        return await original(records)
+
+    router.prepare = timed  # type: ignore[method-assign]  # wrap to note the first record
+    target = router.processed + n
+    task = asyncio.create_task(router.run())
+    try:
+        while router.processed < target:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.001)
+        assert first is not None  # noqa: S101 - at least one batch ran
+        return n / (time.perf_counter() - first)
+    finally:
+        router.request_stop()
+        await task
+        router.prepare = original  # type: ignore[method-assign]  # restore
+
+
+async def _latency_phase(settings: Settings, router: BatchRouter, rate: float) -> list[float]:
+    texts = bundled_texts()
+    inbound = settings.topic(topics.INBOUND)
+    routed = settings.topic(topics.ROUTED)
+    watcher = AIOKafkaConsumer(routed, bootstrap_servers=settings.kafka_bootstrap,
+                               auto_offset_reset="latest", group_id=None,
+                               fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    await watcher.start()
+    await watcher.seek_to_end()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                linger_ms=0)
+    await producer.start()
+    target = router.processed + LATENCY_MESSAGES
+    task = asyncio.create_task(router.run())
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    try:
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        for i in range(LATENCY_MESSAGES):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            env = demo_envelope(10_000_000 + i, texts[i % len(texts)], int(time.time() * 1000))
+            sent[env.id] = time.perf_counter()
+            await producer.send(inbound, env.to_json(), key=env.conversation_id.encode())
+        await producer.flush()
+        deadline = time.perf_counter() + 60
+        while len(latencies) < LATENCY_MESSAGES and time.perf_counter() < deadline:
+            batch = await watcher.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for recs in batch.values():
+                for rec in recs:
+                    mid = orjson.loads(rec.value)["message_id"]
+                    if mid in sent:
+                        latencies.append((now - sent.pop(mid)) * 1000)
+        while router.processed < target and not task.done():
+            await asyncio.sleep(0.01)
+    finally:
+        router.request_stop()
+        await task
+        await producer.stop()
+        await watcher.stop()
+    return latencies
+
+
+async def _bench(settings: Settings, n: int) -> dict[str, Any]:
+    await ensure_topics(settings, [topics.INBOUND, topics.ROUTED, topics.DEAD_LETTER,
+                                   "bench.raw-in", "bench.raw-out"])
+    texts = bundled_texts()
+    now = int(time.time() * 1000)
+    envs = [demo_envelope(i, texts[i % len(texts)], now) for i in range(n)]
+    payload = [(e.conversation_id.encode(), e.to_json()) for e in envs]
+    await _publish(settings, settings.topic("bench.raw-in"), payload)
+    await _publish(settings, settings.topic(topics.INBOUND), payload)
+
+    raw = await _raw_loop(settings, settings.topic("bench.raw-in"),
+                          settings.topic("bench.raw-out"), n)
+
+    redis = connect(settings.redis_url)
+    keys = Keys(settings.redis_prefix)
+    metrics = RouterMetrics(CollectorRegistry())
+    holder = PipelineHolder(settings.config_dir, metrics)
+    routing = holder().config.routing
+    store = RedisQueueStore(redis, keys, decision_ttl_s=3600,
+                            repeat_window_s=routing.priority.repeat.window_s,
+                            sticky_window_s=routing.sticky.window_s)
+    router = BatchRouter(settings, holder, store, metrics)
+    try:
+        await router.start()
+        routed = await _router_phase(settings, router, n)
+        latencies = await _latency_phase(settings, router, max(100.0, routed / 2))
+    finally:
+        await router.stop()
+        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=5000):
+            await redis.delete(key)
+        await redis.aclose()
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
+    return {
+        "messages": n,
+        "raw_msgs_per_s": round(raw),
+        "router_msgs_per_s": round(routed),
+        "ratio": round(routed / raw, 3),
+        "p50_ms": round(q[49], 2),
+        "p99_ms": round(q[98], 2),
+        "latency_rate_msgs_per_s": round(max(100.0, routed / 2)),
+        "batch_max_records": settings.batch_max_records,
+    }
+
+
+def run_bench(n: int, settings: Settings | None = None) -> dict[str, Any]:
+    """Run the benchmark (embedded broker and Redis unless ``settings`` is given)."""
+    with _infrastructure(settings) as s:
+        return asyncio.run(_bench(s, n))
