@@ -1,0 +1,94 @@
+"""Douyin live-room push settings: the ``douyin:`` section of ``config/channels.yaml``.
+
+Each message type has its own push secret, read from the environment variable
+named by ``secret_env`` (a literal ``secret`` is for demos only). A type
+without a secret is refused with 401 ``auth_not_configured``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from adapters.dedupe import DEFAULT_DEDUPE_TTL_S
+from adapters.wechat.config import CHANNELS_FILE, describe_validation_error, resolve_secret
+from router.exceptions import ConfigError
+
+__all__ = [
+    "MSG_TYPES",
+    "PATH",
+    "ChatterConfig",
+    "DouyinConfig",
+    "MessageTypeConfig",
+    "MsgType",
+    "load_douyin_config",
+]
+
+log = logging.getLogger(__name__)
+
+PATH: Final = "/douyin/live"
+MsgType = Literal["live_comment", "live_gift", "live_like", "live_fansclub"]
+MSG_TYPES: Final[tuple[MsgType, ...]] = ("live_comment", "live_gift", "live_like", "live_fansclub")
+
+
+class MessageTypeConfig(BaseModel):
+    """The push secret of one message type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret_env: str | None = None
+    secret: SecretStr | None = None  # demo only: prefer secret_env
+
+
+class ChatterConfig(BaseModel):
+    """Thresholds and word lists of ``adapters.douyin.chatter``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_chars: int = Field(3, ge=0, le=50)  # shorter non-questions are chatter
+    repeat_window_s: float = Field(60.0, ge=0)  # same viewer + same text within -> chatter
+    repeat_cache_size: int = Field(100_000, ge=0)  # remembered (viewer, text) pairs per process
+    cheers: tuple[str, ...] = ("666", "赞", "好", "哈哈", "来了", "打卡", "扣1", "冲", "主播好",
+                               "支持", "加油", "nb", "yyds")
+    keep_keywords: tuple[str, ...] = ("退款", "退货", "投诉", "发货", "物流", "链接", "尺码",
+                                      "价格", "优惠", "客服", "质量", "假货", "12315", "报警")
+
+
+class DouyinConfig(BaseModel):
+    """The ``douyin:`` section of ``channels.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timestamp_window_s: float = Field(300.0, gt=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_items: int = Field(2000, ge=1, le=100_000)  # items in one push; more -> 413
+    max_in_flight: int = Field(32, ge=1, le=10_000)  # concurrent pushes; more -> 429
+    retry_after_s: int = Field(1, ge=1, le=3600)
+    produce_timeout_s: float = Field(5.0, gt=0, le=60)
+    dedupe_ttl_s: int = Field(DEFAULT_DEDUPE_TTL_S, ge=1)
+    message_types: dict[MsgType, MessageTypeConfig] = Field(default_factory=dict)
+    chatter: ChatterConfig = Field(default_factory=lambda: ChatterConfig.model_validate({}))
+
+
+def load_douyin_config(
+    data: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = CHANNELS_FILE
+) -> tuple[DouyinConfig, dict[str, SecretStr]]:
+    """Validate the ``douyin:`` section; return it and the secrets by message type."""
+    env = os.environ if environ is None else environ
+    try:
+        cfg = DouyinConfig.model_validate(data.get("douyin") or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, f"{source}: douyin")) from None
+    secrets: dict[str, SecretStr] = {}
+    for msg_type, tcfg in cfg.message_types.items():
+        secret = resolve_secret(tcfg.secret, tcfg.secret_env, env)
+        if secret is None:
+            log.warning("%s: douyin.message_types.%s: no secret (set %s); pushes refused",
+                        source, msg_type, tcfg.secret_env or "secret")
+            continue
+        secrets[msg_type] = secret
+    return cfg, secrets

@@ -1,0 +1,242 @@
+"""``GET/POST /wechat/{account}``: verify, decrypt, parse, mask, dedupe, produce, answer.
+
+The same :class:`CallbackHandler` serves WeCom (``adapters.wecom``), which is
+the safe mode with ``msg_signature`` on every request and an encrypted
+``echostr``.
+
+Answers: ``success`` (text/plain) once the broker acknowledged, or when the
+message is a duplicate / not routed; 401 bad signature, stale timestamp or
+wrong app id; 400 malformed or hostile XML; 404 unknown account; 413 body over
+the limit; 503 (``Retry-After``) when Kafka did not acknowledge in time, so
+WeChat re-delivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from adapters.body import read_limited
+from adapters.context import AdapterContext, Installer
+from adapters.dedupe import Deduper, produce_once
+from adapters.exceptions import AdapterError, BadRequest, Unauthorized
+from adapters.pii import mask_envelope
+from adapters.wechat.config import (
+    CHANNELS_FILE,
+    PATH,
+    WeChatAccount,
+    WeChatConfig,
+    account_label,
+    load_wechat_config,
+    read_channels_yaml,
+)
+from adapters.wechat.crypto import MessageCipher
+from adapters.wechat.parse import parse_xml, to_envelope
+from adapters.wechat.verify import check_timestamp, verify_signature
+from router.exceptions import BrokerUnavailable
+from router.models import Channel
+
+__all__ = ["CallbackHandler", "install", "make_installer"]
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_VALUE_CHARS = 512  # nonce, signatures and echostr are far shorter
+SUCCESS = "success"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackLimits:
+    """Per-channel limits (the ``wechat:`` / ``wecom:`` section)."""
+
+    timestamp_window_s: float
+    max_body_bytes: int
+    produce_timeout_s: float
+    dedupe_ttl_s: int
+
+
+@dataclass(slots=True)
+class CallbackHandler:
+    """GET and POST handlers of one WeChat-family channel.
+
+    Args:
+        ctx: The adapters' shared context.
+        channel: ``wechat`` or ``wecom``.
+        accounts: Configured accounts by path name.
+        limits: Window, body limit, produce timeout, dedupe TTL.
+        always_encrypted: WeCom: ``msg_signature`` on GET and POST, ``echostr``
+            encrypted.
+    """
+
+    ctx: AdapterContext
+    channel: Channel
+    accounts: Mapping[str, WeChatAccount]
+    limits: CallbackLimits
+    always_encrypted: bool = False
+    _ciphers: dict[str, MessageCipher] = field(default_factory=dict, init=False)
+    _deduper: Deduper | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        for name, acc in self.accounts.items():
+            if acc.encoding_aes_key is not None:
+                self._ciphers[name] = MessageCipher(
+                    acc.encoding_aes_key.get_secret_value(), acc.app_id
+                )
+        if self.ctx.redis is not None:
+            self._deduper = Deduper(self.ctx.redis, self.ctx.keys, self.limits.dedupe_ttl_s)
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _account(self, request: web.Request) -> WeChatAccount:
+        name = request.match_info.get("account", "")
+        acc = self.accounts.get(name)
+        if acc is None:
+            raise _NotFound(f"no {self.channel} account {name[:64]!r} is configured",
+                            reason="unknown_account")
+        return acc
+
+    @staticmethod
+    def _query(request: web.Request, name: str) -> str | None:
+        value = request.query.get(name)
+        if value is not None and len(value) > MAX_QUERY_VALUE_CHARS:
+            raise BadRequest(f"query parameter {name!r} is too long", reason="invalid")
+        return value
+
+    def _reject(self, label: str, exc: AdapterError) -> web.Response:
+        self.ctx.metrics.rejected.labels(self.channel.value, label, exc.reason).inc()
+        log.info("%s/%s: %s %s", self.channel, label, exc.status, exc.reason)
+        return web.Response(text=f"{exc.reason}: {exc}", status=exc.status)
+
+    # --- GET: URL verification ---------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.Response:
+        """URL check: echo ``echostr`` (OA) or its decryption (WeCom / safe mode)."""
+        label = account_label(request.match_info.get("account", ""), self.accounts)
+        self.ctx.metrics.requests.labels(self.channel.value, label).inc()
+        try:
+            acc = self._account(request)
+            token = acc.token.get_secret_value()
+            ts = check_timestamp(
+                self._query(request, "timestamp"), self.ctx.clock.now(),
+                self.limits.timestamp_window_s,
+            )
+            nonce = self._query(request, "nonce") or ""
+            echostr = self._query(request, "echostr") or ""
+            if not echostr:
+                raise BadRequest("missing query parameter 'echostr'", reason="invalid")
+            if self.always_encrypted:
+                verify_signature(self._query(request, "msg_signature"), token, ts, nonce,
+                                 echostr, name="msg_signature")
+                plain = self._ciphers[acc.name].decrypt(echostr)
+                return web.Response(text=plain.decode("utf-8", "replace"))
+            verify_signature(self._query(request, "signature"), token, ts, nonce)
+            return web.Response(text=echostr)
+        except AdapterError as exc:
+            return self._reject(label, exc)
+
+    # --- POST: messages and events -----------------------------------------------
+
+    def _decrypt_body(self, request: web.Request, acc: WeChatAccount, body: bytes,
+                      ts: str, nonce: str) -> bytes:
+        token = acc.token.get_secret_value()
+        encrypted = self.always_encrypted or request.query.get("encrypt_type", "raw") == "aes"
+        signature = self._query(request, "signature")
+        if not self.always_encrypted and (signature or not encrypted):
+            verify_signature(signature, token, ts, nonce)
+        if not encrypted:
+            if acc.mode == "safe":
+                raise Unauthorized("this account accepts encrypted (safe mode) messages only",
+                                   reason="encryption_required")
+            return body
+        cipher = self._ciphers.get(acc.name)
+        if cipher is None or acc.mode == "plain":
+            raise BadRequest("encrypted message for an account without an EncodingAESKey",
+                             reason="encryption_not_configured")
+        outer = parse_xml(body)
+        encrypt = outer.get("Encrypt", "")
+        if not encrypt:
+            raise BadRequest("encrypted body has no <Encrypt>", reason="invalid")
+        verify_signature(self._query(request, "msg_signature"), token, ts, nonce, encrypt,
+                         name="msg_signature")
+        return cipher.decrypt(encrypt)
+
+    async def post(self, request: web.Request) -> web.Response:
+        """Verify, decrypt, normalise, mask, dedupe, produce; then ``success``."""
+        started = time.perf_counter()
+        m = self.ctx.metrics
+        ch = self.channel.value
+        label = account_label(request.match_info.get("account", ""), self.accounts)
+        m.requests.labels(ch, label).inc()
+        try:
+            acc = self._account(request)
+            ts = check_timestamp(
+                self._query(request, "timestamp"), self.ctx.clock.now(),
+                self.limits.timestamp_window_s,
+            )
+            nonce = self._query(request, "nonce") or ""
+            body = await read_limited(
+                request, min(self.limits.max_body_bytes, self.ctx.settings.max_body_bytes)
+            )
+            inner = self._decrypt_body(request, acc, body, ts, nonce)
+            inbound = to_envelope(parse_xml(inner), self.channel, acc.name, self.ctx.now_ms())
+        except AdapterError as exc:
+            return self._reject(label, exc)
+        if inbound.envelope is None:
+            m.filtered.labels(ch, inbound.skipped or "skipped").inc()
+            return web.Response(text=SUCCESS)
+        envelope, masked = mask_envelope(inbound.envelope)
+        for kind, n in masked.counts.items():
+            m.pii_masked.labels(ch, kind).inc(n)
+        try:
+            result = await produce_once(
+                self.ctx.sink, self._deduper, [envelope], timeout_s=self.limits.produce_timeout_s
+            )
+        except BrokerUnavailable as exc:
+            m.rejected.labels(ch, label, "broker_unavailable").inc()
+            log.warning("%s/%s: %s", ch, label, exc)
+            return web.Response(text="broker unavailable; retry", status=503,
+                                headers={"Retry-After": "1"})
+        if result.duplicates:
+            m.duplicates.labels(ch, label).inc(len(result.duplicates))
+        if result.produced:
+            m.accepted.labels(ch, label).inc(len(result.produced))
+            m.ack_latency.labels(ch).observe(time.perf_counter() - started)
+        return web.Response(text=SUCCESS)
+
+
+class _NotFound(AdapterError, LookupError):
+    status = 404
+    reason = "unknown_account"
+
+
+def make_installer(
+    accounts: Mapping[str, WeChatAccount], config: WeChatConfig | None = None
+) -> Installer:
+    """An installer for the given accounts (tests and embedding applications)."""
+    cfg = config or WeChatConfig.model_validate({})
+
+    def install_accounts(app: web.Application, ctx: AdapterContext) -> None:
+        limits = CallbackLimits(cfg.timestamp_window_s, cfg.max_body_bytes,
+                                cfg.produce_timeout_s, cfg.dedupe_ttl_s)
+        handler = CallbackHandler(ctx, Channel.WECHAT, accounts, limits)
+        app.router.add_get(PATH, handler.get)
+        app.router.add_post(PATH, handler.post)
+
+    return install_accounts
+
+
+def channels_path(ctx: AdapterContext) -> Path:
+    """``channels.yaml`` in the configuration directory."""
+    return Path(ctx.settings.config_dir) / CHANNELS_FILE
+
+
+def install(app: web.Application, ctx: AdapterContext) -> None:
+    """Add ``GET/POST /wechat/{account}`` with the accounts of ``channels.yaml``."""
+    path = channels_path(ctx)
+    cfg, accounts = load_wechat_config(read_channels_yaml(path), os.environ, str(path))
+    make_installer(accounts, cfg)(app, ctx)
