@@ -98,7 +98,7 @@ class EnvelopeProducer:
         if self._producer is None:
             await self.start()
         producer = self._producer
-        assert producer is not None  # noqa: S101 - set by start() or it raised
+        assert producer is not None
         try:
             futures = [await producer.send(topic, value, key=key) for key, value in records]
             await asyncio.wait_for(asyncio.gather(*futures), self._settings.produce_timeout_s)

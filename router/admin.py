@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,12 +23,10 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
         wanted = [settings.topic(n) for n in names]
         missing = [t for t in wanted if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(
                     [NewTopic(t, settings.topic_partitions, 1) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
         return missing
     finally:
         await admin.close()

@@ -283,6 +283,9 @@ def _install_routes(
         if not 0 <= top <= 100:
             raise _fail(400, "bad_top", "'top' must be an integer 0..100")
         view = await desk.queue_view(group, ctx.now_ms(), top=top)
+        if view.depth == 0 and group not in await desk.known_groups():
+            raise _fail(404, "unknown_group",
+                        f"no queue and no agent for group {group!r}; see GET /v1/queues")
         return web.json_response({"group": group, "depth": view.depth,
                                   "oldest_age_s": view.oldest_age_s, "top": view.top})
 

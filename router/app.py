@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from router.keys import Keys
 from router.metrics import RouterMetrics
-from router.reload import PipelineHolder
 from router.redis_client import connect
+from router.reload import PipelineHolder
 from router.settings import Settings
 from router.worker import BatchRouter
 from skills.queues import RedisQueueStore
@@ -117,13 +117,15 @@ def create_worker_app(
         **fast,
     )
 
-    @app.task
     async def route() -> None:
         await runtime.run()
 
-    @app.timer(interval=STATS_INTERVAL_S)
     async def stats() -> None:
         await runtime.tick()
+
+    # registered by call, not as decorators: faust is untyped
+    app.task(route)
+    app.timer(interval=STATS_INTERVAL_S)(stats)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -63,7 +63,7 @@ def _child(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byte
         "OMNI_CONFIG_DIR": str(settings.config_dir),
     }
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        proc = subprocess.Popen(
             [sys.executable, "-m", "router", "run", "--loglevel", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -88,8 +88,9 @@ async def _wait_ready(
     pending = list(urls)
     while pending:
         if proc.poll() is not None:
+            tail = await asyncio.to_thread(log.read_text)
             raise InfrastructureError(
-                f"omniroute run exited with {proc.returncode}:\n{log.read_text()[-2000:]}"
+                f"omniroute run exited with {proc.returncode}:\n{tail[-2000:]}"
             )
         if time.monotonic() > deadline:
             raise InfrastructureError(f"not ready after {timeout_s:.0f} s: {pending}")
@@ -188,7 +189,7 @@ def _summary(decisions: list[dict[str, Any]], settings: Settings) -> None:
         f"over {total} messages (adapter receipt -> routing decision)"
     )
     console.print("\n[bold]Why did they go there?[/bold] (three decisions, explained)")
-    samples = sorted(decisions, key=lambda d: -d["priority"]["score"])[:2] + [decisions[0]]
+    samples = [*sorted(decisions, key=lambda d: -d["priority"]["score"])[:2], decisions[0]]
     for d in samples:
         tag_list = ", ".join(f"{t['id']}[{'|'.join(t['keywords'])}]" for t in d["tags"]) or "-"
         console.print(

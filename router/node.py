@@ -75,14 +75,13 @@ def run_worker(settings: Settings, with_http: bool, loglevel: str = "info") -> N
     app, runtime = create_worker_app(settings, registry)
     if with_http:
 
-        @app.task
         async def ingest() -> None:
             async with http_ingest(settings, registry):
                 await asyncio.Event().wait()  # until faust cancels the task on shutdown
 
+        app.task(ingest)
+
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    try:
+    with contextlib.suppress(SystemExit):  # faust exits the process's way; we log first
         worker.execute_from_commandline()
-    except SystemExit:
-        pass
     log.info("worker exited; %d records routed", runtime.router.processed)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ALL_TOPICS", "AGENT_EVENTS", "CHATTER", "DEAD_LETTER", "INBOUND", "ROUTED",
-           "SIGNALS", "SLA_ALERTS", "SURGE"]
+__all__ = [
+           "AGENT_EVENTS",
+           "ALL_TOPICS",
+           "CHATTER",
+           "DEAD_LETTER",
+           "INBOUND",
+           "ROUTED",
+           "SIGNALS",
+           "SLA_ALERTS",
+           "SURGE",
+]
 
 INBOUND: Final = "omni.inbound"  # normalised Envelopes from every adapter; key = conversation id
 ROUTED: Final = "omni.routed"  # one Decision per message; key = conversation id

@@ -39,7 +39,9 @@ class LocatedYaml:
         return f"{self.path}:{line}" if line else str(self.path)
 
 
-def _walk(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> Any:
+def _walk(
+    node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+) -> Any:
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:

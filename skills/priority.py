@@ -8,6 +8,7 @@ A personal-safety tag forces P0. Every part that contributes leaves a reason.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,7 @@ class PrioritySettings(BaseModel):
     @model_validator(mode="after")
     def _bands_descend(self) -> PrioritySettings:
         ordered = [self.bands[b] for b in sorted(self.bands, key=lambda b: b.rank)]
-        if any(a <= b for a, b in zip(ordered, ordered[1:], strict=False)):
+        if any(a <= b for a, b in itertools.pairwise(ordered)):
             raise ValueError(
                 f"band thresholds must fall from P0 to P3, got {dict(self.bands)}; "
                 "e.g. {P0: 80, P1: 60, P2: 40, P3: 20}"
@@ -147,7 +148,9 @@ class PriorityModel:
                 reasons.append(f"emotion {emo.id} ({'、'.join(emo.keywords[:3])}) -> +{w:g}")
         if env.synchronous and cfg.synchronous_points:
             score += cfg.synchronous_points
-            reasons.append(f"synchronous channel {env.channel.value} -> +{cfg.synchronous_points:g}")
+            reasons.append(
+                f"synchronous channel {env.channel.value} -> +{cfg.synchronous_points:g}"
+            )
         for hint in env.hints:
             pts = cfg.hint_points.get(hint, 0.0)
             if pts:

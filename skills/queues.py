@@ -69,7 +69,8 @@ for i = 1, n do
   local k = 1 + (i - 1) * 4
   local a = 3 + (i - 1) * 5
   local dk, qk, ck, tk = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local id, score, json, group, received = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  local id, score, json = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local group, received = ARGV[a + 4], tonumber(ARGV[a + 5])
   local prev = redis.call('HGET', dk, 'decision')
   if prev then
     res[i] = prev
@@ -224,7 +225,8 @@ class RedisQueueStore:
 
     async def stats(self, now_ms: int) -> dict[str, QueueStats]:
         """Depth and oldest age per group (one pipeline)."""
-        groups = sorted(g.decode() for g in await self.redis.smembers(self.keys.groups()))
+        members = await self.redis.smembers(self.keys.groups())
+        groups = sorted(g.decode() if isinstance(g, bytes) else g for g in members)
         if not groups:
             return {}
         pipe = self.redis.pipeline(transaction=False)

@@ -19,7 +19,7 @@ from router.admin import ensure_topics
 from router.embedded import redis_answers, start_broker, start_redis
 from router.settings import Settings
 
-TEST_TOKEN = "test-ingest-token"  # noqa: S105 - a test credential
+TEST_TOKEN = "test-ingest-token"
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,8 @@ async def test_unauthenticated_requests_get_401_with_a_reason(
     [
         (b"{not json", 400, "not valid JSON"),
         (b"", 400, "empty body"),
-        (orjson.dumps({"customer": {"id": "c"}, "text": "x"}), 400, "channel_msg_id: Field required"),
+        (orjson.dumps({"customer": {"id": "c"}, "text": "x"}), 400,
+         "channel_msg_id: Field required"),
         (orjson.dumps(message(5, channel="fax")), 400, "channel: Input should be"),
         (orjson.dumps({"messages": [message(6), message(7, order={"id": "o", "amount": -1})]}),
          400, "messages[1].order.amount"),
