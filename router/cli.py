@@ -27,7 +27,9 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate routing configuration.", no_args_is_help=True)
 customers_app = typer.Typer(help="Customer data in Redis.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(topics_app, name="topics")
 app.add_typer(customers_app, name="customers")
 err = Console(stderr=True)
 
@@ -121,6 +123,20 @@ def classify(
         out.flush()
         if stream is not sys.stdin:
             stream.close()
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every omniroute topic (OMNI_TOPIC_PARTITIONS partitions) where missing."""
+    from router.admin import ensure_topics
+
+    settings = _settings()
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except Exception as exc:
+        err.print(f"[red]cannot create topics on {settings.kafka_bootstrap}: {exc!r}[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(f"created {created or 'nothing (all exist)'} on {settings.kafka_bootstrap}")
 
 
 @customers_app.command("import")

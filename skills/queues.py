@@ -31,20 +31,27 @@ __all__ = ["QueueStats", "QueueStore", "RedisQueueStore"]
 BAND_SPAN: Final = 1e13  # score span of one band; received_at ms stays below it
 
 _FACTS_LUA: Final = """
--- KEYS[1] = tier hash; then per message: contacts zset, conversation hash
--- ARGV[1] = now ms, ARGV[2] = repeat window ms, ARGV[3] = sticky window ms
--- ARGV[3 + i] = customer id, or '' when the tier is cached locally
+-- KEYS[1] = tier hash; then per message i: contacts zset, conversation hash
+-- ARGV[1] = repeat window ms, ARGV[2] = sticky window ms; per message 3 args:
+-- customer id ('' when the tier is cached locally), message id, received ms.
+-- Records the contact (ZADD of the message id: a replay changes nothing) and
+-- counts the customer's contacts strictly before this one within the window.
 local out = {}
-local now = tonumber(ARGV[1])
-local n = #KEYS - 1
-for i = 1, n / 2 do
-  local cust = ARGV[3 + i]
+local window = tonumber(ARGV[1])
+local sticky = tonumber(ARGV[2])
+for i = 1, (#KEYS - 1) / 2 do
+  local a = 2 + (i - 1) * 3
+  local cust, id, received = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local ck, vk = KEYS[2 * i], KEYS[2 * i + 1]
   local tier = false
   if cust ~= '' then tier = redis.call('HGET', KEYS[1], cust) end
-  local contacts = redis.call('ZCOUNT', KEYS[2 * i], now - tonumber(ARGV[2]), '+inf')
-  local conv = redis.call('HMGET', KEYS[2 * i + 1], 'group', 'agent', 'last_ms')
+  redis.call('ZREMRANGEBYSCORE', ck, '-inf', received - window)
+  local contacts = redis.call('ZCOUNT', ck, received - window, '(' .. received)
+  redis.call('ZADD', ck, received, id)
+  redis.call('PEXPIRE', ck, window)
+  local conv = redis.call('HMGET', vk, 'group', 'agent', 'last_ms')
   local group, agent = false, false
-  if conv[3] and now - tonumber(conv[3]) <= tonumber(ARGV[3]) then
+  if conv[3] and received - tonumber(conv[3]) <= sticky then
     group = conv[1]
     agent = conv[2]
   end
@@ -57,35 +64,32 @@ return out
 """
 
 _ENQUEUE_LUA: Final = """
--- KEYS[1] = groups set; per message i: decision hash, queue zset, conversation hash,
--- contacts zset (4 keys). ARGV[1] = decision ttl s, ARGV[2] = repeat window ms,
--- ARGV[3] = sticky window ms; per message 5 args: id, score, decision json, group, received ms
+-- KEYS[1] = groups set; per message i: decision hash, queue zset, conversation hash.
+-- ARGV[1] = decision ttl s, ARGV[2] = sticky window ms, ARGV[3] = message count n;
+-- per message 5 args: id, score, decision json, group, received ms; then the
+-- distinct groups of the batch.
 local res = {}
 local ttl = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local sticky = tonumber(ARGV[3])
-local n = (#KEYS - 1) / 4
+local sticky = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 for i = 1, n do
-  local k = 1 + (i - 1) * 4
+  local k = 1 + (i - 1) * 3
   local a = 3 + (i - 1) * 5
-  local dk, qk, ck, tk = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local id, score, json = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local group, received = ARGV[a + 4], tonumber(ARGV[a + 5])
-  local prev = redis.call('HGET', dk, 'decision')
-  if prev then
-    res[i] = prev
+  local dk, qk, ck = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local group = ARGV[a + 4]
+  if redis.call('HSETNX', dk, 'decision', ARGV[a + 3]) == 0 then
+    res[i] = redis.call('HGET', dk, 'decision')
   else
-    redis.call('HSET', dk, 'group', group, 'decision', json)
+    redis.call('HSET', dk, 'group', group)
     redis.call('EXPIRE', dk, ttl)
-    redis.call('ZADD', qk, score, id)
-    redis.call('SADD', KEYS[1], group)
-    redis.call('HSET', ck, 'group', group, 'last_ms', received)
+    redis.call('ZADD', qk, ARGV[a + 2], ARGV[a + 1])
+    redis.call('HSET', ck, 'group', group, 'last_ms', ARGV[a + 5])
     redis.call('PEXPIRE', ck, sticky)
-    redis.call('ZADD', tk, received, id)
-    redis.call('ZREMRANGEBYSCORE', tk, '-inf', received - window)
-    redis.call('PEXPIRE', tk, window)
     res[i] = 1
   end
+end
+for j = 4 + n * 5, #ARGV do
+  redis.call('SADD', KEYS[1], ARGV[j])
 end
 return res
 """
@@ -166,35 +170,31 @@ class RedisQueueStore:
         self.sticky_window_ms = int(sticky_window_s * 1000)
 
     async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[MessageFacts]:
-        """One script call for the whole batch."""
+        """One script call for the whole batch (it also records each contact)."""
         if not envelopes:
             return []
         keys: list[str] = [self.keys.customer_tiers()]
-        args: list[str | int] = [now_ms, self.repeat_window_ms, self.sticky_window_ms]
+        args: list[str | int] = [self.repeat_window_ms, self.sticky_window_ms]
         cached: list[tuple[bool, str | None]] = []
         for env in envelopes:
-            keys.append(self.keys.contacts(env.customer.id))
+            cid = env.customer.id
+            keys.append(self.keys.contacts(cid))
             keys.append(self.keys.conversation(env.conversation_id))
-            hit = self._tiers.get(env.customer.id, now_ms)
+            hit = self._tiers.get(cid, now_ms)
             cached.append(hit)
-            args.append("" if hit[0] else env.customer.id)
+            args += ["" if hit[0] else cid, env.id, env.received_at_ms]
         raw = await self._facts(keys=keys, args=args)
         out: list[MessageFacts] = []
-        in_batch: dict[str, int] = {}
         for i, env in enumerate(envelopes):
             tier_b, contacts, group_b, agent_b = raw[4 * i : 4 * i + 4]
-            is_cached, cached_tier = cached[i]
-            if is_cached:
-                tier = cached_tier
-            else:
+            is_cached, tier = cached[i]
+            if not is_cached:
                 tier = tier_b.decode() if tier_b else None
                 self._tiers.put(env.customer.id, tier, now_ms)
-            earlier = in_batch.get(env.customer.id, 0)
-            in_batch[env.customer.id] = earlier + 1
             out.append(
                 MessageFacts(
                     redis_tier=tier,
-                    prior_contacts=int(contacts) + earlier,
+                    prior_contacts=int(contacts),
                     sticky_group=group_b.decode() if group_b else None,
                     sticky_agent=agent_b.decode() if agent_b else None,
                 )
@@ -209,17 +209,19 @@ class RedisQueueStore:
             return []
         keys: list[str] = [self.keys.groups()]
         args: list[str | int | float | bytes] = [
-            self.decision_ttl_s, self.repeat_window_ms, self.sticky_window_ms,
+            self.decision_ttl_s, self.sticky_window_ms, len(decisions),
         ]
+        groups: set[str] = set()
         for d, value in zip(decisions, encoded, strict=True):
             keys += [
                 self.keys.decision(d.message_id),
                 self.keys.queue(d.skill_group),
                 self.keys.conversation(d.conversation_id),
-                self.keys.contacts(d.customer_id),
             ]
             args += [d.message_id, repr(d.queue_score), value, d.skill_group,
                      d.received_at_ms]
+            groups.add(d.skill_group)
+        args += sorted(groups)
         raw = await self._enqueue(keys=keys, args=args)
         return [None if r == 1 else bytes(r) for r in raw]
 
