@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.models import Band, Envelope, Priority, TagHit
 
@@ -61,17 +61,21 @@ class PrioritySettings(BaseModel):
     synchronous_points: float = Field(10.0, ge=0, description="phone and live stream")
     hint_points: dict[str, float] = Field(default_factory=lambda: {"callback": 10.0})
 
-    @model_validator(mode="after")
-    def _bands_descend(self) -> PrioritySettings:
-        ordered = [self.bands[b] for b in sorted(self.bands, key=lambda b: b.rank)]
+    @field_validator("bands")
+    @classmethod
+    def _bands_descend(cls, bands: dict[Band, float]) -> dict[Band, float]:
+        shown = "{" + ", ".join(f"{b.value}: {v:g}" for b, v in sorted(
+            bands.items(), key=lambda kv: kv[0].rank)) + "}"
+        if Band.P4 in bands:
+            raise ValueError(f"P4 has no threshold: it is every score below the lowest band "
+                             f"(got {shown})")
+        ordered = [bands[b] for b in sorted(bands, key=lambda b: b.rank)]
         if any(a <= b for a, b in itertools.pairwise(ordered)):
             raise ValueError(
-                f"band thresholds must fall from P0 to P3, got {dict(self.bands)}; "
+                f"band thresholds must fall from P0 to P3, got {shown}; "
                 "e.g. {P0: 80, P1: 60, P2: 40, P3: 20}"
             )
-        if Band.P4 in self.bands:
-            raise ValueError("P4 has no threshold: it is every score below the lowest band")
-        return self
+        return bands
 
 
 def _under(tag_id: str, roots: Sequence[str]) -> bool:
