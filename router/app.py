@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 import faust
@@ -27,6 +28,7 @@ from router.reload import PipelineHolder
 from router.settings import Settings
 from router.worker import BatchRouter
 from skills.queues import RedisQueueStore
+from skills.relax import Relaxer
 
 __all__ = ["WorkerRuntime", "create_worker_app"]
 
@@ -53,6 +55,7 @@ class WorkerRuntime:
             tier_cache_size=settings.tier_cache_size,
         )
         self.router = BatchRouter(settings, self.holder, self.store, self.metrics)
+        self.relaxer = Relaxer(self.redis, Keys(settings.redis_prefix))
         self.ready = False
 
     def reload(self) -> None:
@@ -82,14 +85,20 @@ class WorkerRuntime:
             log.info("router worker stopped after %d records", self.router.processed)
 
     async def tick(self) -> None:
-        """Periodic: queue gauges + overflow view, and reload on file change."""
+        """Periodic: queue gauges + overflow view, skill relaxation, reload on file change."""
         if self.holder.reload_if_changed():
             self.reload()
         if self.ready:
             try:
                 await self.router.refresh_stats()
+                moves = await self.relaxer.run_once(
+                    self.holder().config.routing.rules, int(time.time() * 1000)
+                )
             except (RedisError, OSError) as exc:
-                log.warning("queue stats: %r", exc)
+                log.warning("queue stats / relaxation: %r", exc)
+                return
+            for move in moves:
+                self.metrics.relaxations.labels(move.from_group, move.to_group).inc()
 
 
 def create_worker_app(

@@ -19,6 +19,7 @@ DECISION_LATENCY: Final = "omni_decision_latency_seconds"  # received_at -> deci
 DUPLICATES: Final = "omni_router_duplicates_total"  # replays the router deduplicated
 DEAD_LETTERS: Final = "omni_dead_letters_total"  # records sent to omni.dead-letter [reason]
 OVERFLOWS: Final = "omni_overflows_total"  # decisions sent to an overflow group [from_group]
+RELAXATIONS: Final = "omni_relaxations_total"  # waited past relax_after_s [from_group, to_group]
 QUEUE_DEPTH: Final = "omni_queue_depth"  # messages waiting per skill group [skill_group]
 QUEUE_OLDEST_AGE: Final = "omni_queue_oldest_age_seconds"  # age of the oldest waiting [group]
 BATCH_SIZE: Final = "omni_router_batch_records"  # records per consumed batch
@@ -63,6 +64,10 @@ class RouterMetrics:
         )
         self.overflows = Counter(
             OVERFLOWS, "Decisions diverted to an overflow group", ["from_group"], registry=registry
+        )
+        self.relaxations = Counter(
+            RELAXATIONS, "Messages moved to the next fallback after waiting too long",
+            ["from_group", "to_group"], registry=registry,
         )
         self.queue_depth = Gauge(
             QUEUE_DEPTH, "Messages waiting per skill group", ["skill_group"], registry=registry
