@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -80,10 +80,13 @@ class Relaxer:
         candidates: list[tuple[bytes | str, float]] = []
         for band in Band:
             lo = band.rank * BAND_SPAN
-            rows = await self.redis.zrangebyscore(
-                queue, lo, lo + received_before_ms, start=0, num=SCAN_LIMIT, withscores=True
+            rows = cast(  # redis-py's return type is a union of every reply shape
+                list[tuple[bytes, float]],
+                await self.redis.zrangebyscore(
+                    queue, lo, lo + received_before_ms, start=0, num=SCAN_LIMIT, withscores=True
+                ),
             )
-            candidates += [(m, float(sc)) for m, sc in rows]
+            candidates += rows
         moves: list[Move] = []
         for member, score in candidates:
             message_id = member.decode() if isinstance(member, bytes) else member
