@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -152,3 +153,43 @@ async def test_replayed_batch_is_not_enqueued_twice_and_reemits_the_first_decisi
     # repeat contact: the 3rd and 4th message of the same customer were escalated
     reasons = [orjson.loads(next(iter(v)))["priority"]["reasons"] for v in by_id.values()]
     assert sum(any("repeat contact" in r for r in rs) for rs in reasons) == 2
+
+
+async def test_config_reload_between_batches_loses_nothing(
+    topics_ready: Settings, aredis: Redis, tmp_path: Path
+) -> None:
+    import shutil
+
+    cfg = tmp_path / "cfg"
+    shutil.copytree(MINI, cfg)
+    settings = topics_ready.model_copy(update={"config_dir": cfg})
+    metrics = RouterMetrics(CollectorRegistry())
+    holder = PipelineHolder(cfg, metrics)
+    store = RedisQueueStore(aredis, Keys(settings.redis_prefix), decision_ttl_s=3600,
+                            repeat_window_s=3600, sticky_window_s=3600)
+    router = BatchRouter(settings, holder, store, metrics)
+    first_version = holder.version
+    task = asyncio.create_task(router.run())
+    try:
+        async with EnvelopeProducer(settings) as producer:
+            await producer.send_envelopes([envelope(i, "外卖还没到") for i in range(50)])
+            deadline = asyncio.get_running_loop().time() + 30
+            while router.processed < 50:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            routing = cfg / "routing.yaml"
+            routing.write_text(routing.read_text(encoding="utf-8").replace(
+                "version: mini-1", "version: mini-2"), encoding="utf-8")
+            assert holder.reload()
+            await producer.send_envelopes([envelope(i, "外卖还没到") for i in range(50, 100)])
+            while router.processed < 100:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        router.request_stop()
+        await asyncio.wait_for(task, 10)
+        await router.stop()
+    routed = await consume(settings.kafka_bootstrap, settings.topic(topics.ROUTED), 100)
+    versions = Counter(orjson.loads(r.value)["config_version"].split("+")[0] for r in routed)
+    assert versions == {"mini-1": 50, "mini-2": 50}
+    assert first_version.startswith("mini-1")
