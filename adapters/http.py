@@ -18,13 +18,19 @@ CONTEXT_KEY: web.AppKey[AdapterContext] = web.AppKey("omni_context", AdapterCont
 
 def default_installers() -> list[Installer]:
     """Every channel adapter that ships with omniroute."""
+    from adapters.douyin import install as douyin
     from adapters.generic import install as generic
+    from adapters.phone import install as phone
+    from adapters.wechat import install as wechat
+    from adapters.wecom import install as wecom
 
-    installers: list[Installer] = [generic]
+    installers: list[Installer] = [generic, wechat, wecom, douyin, phone]
     return installers
 
 
-def build_http_app(ctx: AdapterContext, installers: Sequence[Installer] | None = None) -> web.Application:
+def build_http_app(
+    ctx: AdapterContext, installers: Sequence[Installer] | None = None
+) -> web.Application:
     """Build the aiohttp application (not started)."""
     # The body limit is enforced per route with a specific 413; aiohttp's own
     # limit is a backstop set a little higher.
@@ -44,7 +50,7 @@ def build_http_app(ctx: AdapterContext, installers: Sequence[Installer] | None =
         if isinstance(sink, EnvelopeProducer) and not sink.connected:
             try:
                 await sink.start()
-            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            except Exception as exc:
                 problems.append(f"kafka: {exc}")
         if ctx.redis is not None:
             try:

@@ -49,7 +49,21 @@ async def http_ingest(
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
         log.info("HTTP ingest on http://%s:%d", settings.http_host, settings.http_port)
+        await _start_mail(stack, ctx)
         yield runner, ctx
+
+
+async def _start_mail(stack: contextlib.AsyncExitStack, ctx: AdapterContext) -> None:
+    """Inbound SMTP when OMNI_EMAIL_DOMAINS is set; the IMAP poller when OMNI_IMAP_HOST is."""
+    from adapters.email import EmailSettings, ImapPoller, SmtpServer
+
+    mail = EmailSettings()
+    if mail.domains:
+        smtp = await stack.enter_async_context(SmtpServer(ctx, mail))
+        log.info("%r", smtp)
+    if mail.imap_host:
+        imap = await stack.enter_async_context(ImapPoller(ctx, mail))
+        log.info("%r", imap)
 
 
 async def serve(settings: Settings) -> None:

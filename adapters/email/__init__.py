@@ -1,0 +1,24 @@
+"""E-mail channel: inbound SMTP (aiosmtpd) and an IMAP IDLE poller (aioimaplib).
+
+Neither listens on its own: the process that runs the adapters starts
+``SmtpServer`` and/or ``ImapPoller`` (both have idempotent ``start``/``stop``
+and ``async with``) with an ``AdapterContext`` and ``EmailSettings()``.
+"""
+
+from adapters.email.config import EmailSettings
+from adapters.email.imap import ImapPoller
+from adapters.email.parse import MalformedMail, ParsedMail, parse_mail, thread_root
+from adapters.email.smtp import SmtpServer
+from adapters.email.text import html_to_text, strip_quoted
+
+__all__ = [
+    "EmailSettings",
+    "ImapPoller",
+    "MalformedMail",
+    "ParsedMail",
+    "SmtpServer",
+    "html_to_text",
+    "parse_mail",
+    "strip_quoted",
+    "thread_root",
+]

@@ -1,0 +1,262 @@
+"""IMAP IDLE poller (aioimaplib): fetch UNSEEN mail, produce it, then flag it \\Seen.
+
+A message is flagged ``\\Seen`` only after the broker acknowledged its envelope
+(or it was a known duplicate, filtered, or unusable), so a crash or a broker
+outage never loses mail: it is still UNSEEN at the next connect. Between
+batches the poller IDLEs (RFC 2177) and re-issues IDLE every ``imap_idle_s``.
+Disconnects and errors reconnect with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+from typing import Any
+
+import aioimaplib
+
+from adapters.context import AdapterContext
+from adapters.dedupe import Deduper
+from adapters.email.config import CHANNEL, EmailSettings
+from adapters.email.parse import MalformedMail, parse_mail, to_envelope
+from adapters.email.smtp import dedupe_id
+from adapters.pii import mask_envelope
+from router.exceptions import BrokerUnavailable, ConfigError, RouterError
+
+__all__ = ["ImapError", "ImapPoller"]
+
+log = logging.getLogger(__name__)
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class ImapError(RouterError, ConnectionError):
+    """The IMAP server refused a command or went away; the poller reconnects."""
+
+
+def _check(response: Any, what: str) -> Any:
+    if response.result != "OK":
+        detail = b" ".join(bytes(x) for x in response.lines[-1:]).decode(errors="replace")
+        raise ImapError(f"IMAP {what} failed: {response.result} {detail[:200]}")
+    return response
+
+
+def _literal(lines: list[Any]) -> bytes | None:
+    """The message bytes of a ``UID FETCH (BODY.PEEK[])`` response."""
+    for i, line in enumerate(lines[:-1]):
+        if isinstance(line, bytes | bytearray) and _LITERAL.search(bytes(line)):
+            nxt = lines[i + 1]
+            if isinstance(nxt, bytearray):
+                return bytes(nxt)
+    return None
+
+
+class ImapPoller:
+    """Polls one IMAP folder; ``start``/``stop`` are idempotent, ``async with`` works.
+
+    Args:
+        ctx: The adapters' shared context (producer, metrics, Redis, clock).
+        config: E-mail settings (``OMNI_IMAP_*``).
+        deduper: Drops mail already produced (same mailbox + Message-ID); default
+            one on ``ctx.redis`` when there is a Redis client.
+        ssl_context: For ``imap_ssl``; default: the system trust store.
+    """
+
+    def __init__(
+        self,
+        ctx: AdapterContext,
+        config: EmailSettings,
+        *,
+        deduper: Deduper | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if deduper is None and ctx.redis is not None:
+            deduper = Deduper(ctx.redis, ctx.keys, config.dedupe_ttl_s)
+        self._ctx = ctx
+        self._config = config
+        self._deduper = deduper
+        self._ssl = ssl_context
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+        self._lost = False
+        self._stopping = False
+        self.account = (config.imap_account or config.imap_user).lower()
+        self.connects = 0  # successful logins (1 + reconnects)
+        self.produced = 0  # envelopes produced since start
+        self.connected = asyncio.Event()  # set while logged in and selected
+
+    def __repr__(self) -> str:
+        cfg = self._config
+        state = "running" if self._task is not None else "stopped"
+        where = f"{cfg.imap_user}@{cfg.imap_host}:{cfg.imap_port}/{cfg.imap_folder}"
+        return f"ImapPoller({state}, {where})"
+
+    async def start(self) -> None:
+        """Start polling in the background (connect errors are retried, not raised)."""
+        if self._task is not None:
+            return
+        cfg = self._config
+        if not cfg.imap_host or not cfg.imap_user:
+            raise ConfigError("IMAP poller needs OMNI_IMAP_HOST and OMNI_IMAP_USER")
+        self._task = asyncio.create_task(self._run(), name="omni-imap-poller")
+        log.info("imap: %r", self)
+
+    async def stop(self) -> None:
+        """Stop polling and log out."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        # Python 3.11's wait_for can swallow a cancel that races a completing
+        # command (aioimaplib wraps every command in one): cancel until done.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._close()
+        self._stopping = False
+
+    async def __aenter__(self) -> ImapPoller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- connection -----------------------------------------------------------------------
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.connected.clear()
+        client = self._client
+        if client is not None:
+            # Wake an IDLE wait: the connection is gone, nothing more will arrive.
+            client.protocol.idle_queue.put_nowait(aioimaplib.STOP_WAIT_SERVER_PUSH)
+
+    async def _connect(self) -> Any:
+        cfg = self._config
+        ssl_context = None
+        if cfg.imap_ssl:
+            ssl_context = self._ssl or ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        self._lost = False
+        client = aioimaplib.IMAP4(
+            host=cfg.imap_host,
+            port=cfg.imap_port,
+            timeout=cfg.imap_timeout_s,
+            conn_lost_cb=self._on_lost,
+            ssl_context=ssl_context,
+        )
+        self._client = client
+        await client.wait_hello_from_server()
+        _check(await client.login(cfg.imap_user, cfg.imap_password.get_secret_value()), "LOGIN")
+        _check(await client.select(cfg.imap_folder), f"SELECT {cfg.imap_folder}")
+        self.connects += 1
+        self.connected.set()
+        return client
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        self.connected.clear()
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            if client.has_pending_idle():
+                client.idle_done()
+            await asyncio.wait_for(client.logout(), 2.0)
+        with contextlib.suppress(Exception):
+            if client.protocol.transport is not None:
+                client.protocol.transport.close()
+
+    async def _run(self) -> None:
+        cfg = self._config
+        backoff = cfg.imap_backoff_initial_s
+        while not self._stopping:
+            try:
+                client = await self._connect()
+                backoff = cfg.imap_backoff_initial_s
+                while not self._stopping:
+                    await self.drain(client)
+                    await self._idle(client)
+            except asyncio.CancelledError:
+                raise
+            except (aioimaplib.AioImapException, OSError, TimeoutError, ImapError,
+                    BrokerUnavailable) as exc:
+                log.warning("imap: %s; reconnecting in %.1f s", exc or type(exc).__name__, backoff)
+            except Exception:
+                log.exception("imap: unexpected error; reconnecting in %.1f s", backoff)
+            await self._close()
+            await asyncio.sleep(backoff)  # backoff between reconnects, not a synchronisation
+            backoff = min(backoff * 2, cfg.imap_backoff_max_s)
+
+    async def _idle(self, client: Any) -> None:
+        """IDLE until the server pushes something, the IDLE period ends or the line drops."""
+        if self._lost:
+            raise ImapError("IMAP connection lost")
+        idle = await client.idle_start(timeout=self._config.imap_idle_s)
+        try:
+            await client.wait_server_push(timeout=self._config.imap_idle_s + 5)
+        except TimeoutError:
+            pass  # re-issue IDLE
+        finally:
+            if client.has_pending_idle():
+                client.idle_done()
+        if self._lost:
+            raise ImapError("IMAP connection lost while idling")
+        await asyncio.wait_for(idle, self._config.imap_timeout_s)
+
+    # --- mail -------------------------------------------------------------------------
+
+    async def drain(self, client: Any) -> int:
+        """Produce every UNSEEN message, oldest first; return how many were produced."""
+        response = _check(await client.uid_search("UNSEEN", charset=None), "UID SEARCH UNSEEN")
+        uids = [u for line in response.lines[:-1] for u in bytes(line).split() if u.isdigit()]
+        produced = 0
+        for uid in sorted(uids, key=int):
+            fetched = _check(await client.uid("fetch", uid.decode(), "(BODY.PEEK[])"),
+                             f"UID FETCH {uid.decode()}")
+            raw = _literal(fetched.lines)
+            if raw is None:
+                continue  # expunged meanwhile
+            produced += await self._deliver(raw)
+            # Only now: the envelope is on Kafka (or the mail needs no routing).
+            _check(await client.uid("store", uid.decode(), "+FLAGS.SILENT", "(\\Seen)"),
+                   f"UID STORE {uid.decode()}")
+        return produced
+
+    async def _deliver(self, raw: bytes) -> int:
+        """Parse, mask, dedupe and produce one mail; raises BrokerUnavailable."""
+        started = time.perf_counter()
+        m, account = self._ctx.metrics, self.account
+        m.requests.labels(CHANNEL, account).inc()
+        if len(raw) > self._config.max_message_bytes:
+            m.rejected.labels(CHANNEL, account, "too_large").inc()
+            return 0
+        try:
+            mail = parse_mail(raw)
+            if mail.auto_submitted:
+                m.filtered.labels(CHANNEL, "auto_submitted").inc()
+                return 0
+            env = to_envelope(mail, account, self._ctx.now_ms(),
+                              salt=self._config.customer_id_salt.get_secret_value())
+        except MalformedMail as exc:
+            log.warning("imap: unusable mail flagged seen without routing: %s", exc)
+            m.rejected.labels(CHANNEL, account, exc.reason).inc()
+            return 0
+        env, masked = mask_envelope(env)
+        for kind, n in masked.counts.items():
+            m.pii_masked.labels(CHANNEL, kind).inc(n)
+        key = dedupe_id(account, mail.message_id)
+        if self._deduper is not None and await self._deduper.seen(CHANNEL, key):
+            m.duplicates.labels(CHANNEL, account).inc()
+            return 0
+        await self._ctx.sink.send_envelopes([env])
+        if self._deduper is not None:
+            await self._deduper.mark(CHANNEL, key)
+        m.accepted.labels(CHANNEL, account).inc()
+        m.ack_latency.labels(CHANNEL).observe(time.perf_counter() - started)
+        self.produced += 1
+        return 1

@@ -1,0 +1,293 @@
+"""Inbound SMTP (aiosmtpd): accept mail for our mailboxes, produce, then answer 250.
+
+SMTP replies (enhanced status codes, RFC 3463):
+
+===================  ==========================================================
+``250 2.0.0``        produced to Kafka and acknowledged (or a known duplicate)
+``451 4.3.0``        the broker did not acknowledge: the sending MTA retries
+``452 4.5.3``        too many recipients in one transaction
+``501 5.1.3``        recipient address without a domain
+``550 5.1.1``        unknown mailbox at one of our domains
+``552 5.3.4``        message over ``OMNI_SMTP_MAX_MESSAGE_BYTES``
+``554 5.6.0``        not a usable mail (no headers, no sender, nothing to read)
+``554 5.7.1``        not our domain: we are no relay
+===================  ==========================================================
+
+The server runs on the caller's event loop (not aiosmtpd's ``Controller``
+thread), so it shares the producer and Redis client with the HTTP adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from adapters.context import AdapterContext
+from adapters.dedupe import Deduper
+from adapters.email.config import CHANNEL, EmailSettings
+from adapters.email.parse import MalformedMail, parse_mail, to_envelope
+from adapters.pii import mask_envelope
+from router.exceptions import BrokerUnavailable, ConfigError
+from router.models import Envelope as OmniEnvelope
+
+__all__ = ["InboundMailHandler", "SmtpServer"]
+
+log = logging.getLogger(__name__)
+_NO_ACCOUNT = "-"  # metric label when no mailbox of ours is involved (bounded cardinality)
+
+
+def dedupe_id(mailbox: str, message_id: str) -> str:
+    """Dedupe key part: the same Message-ID may legitimately reach two of our mailboxes."""
+    return f"{mailbox}|{message_id}"
+
+
+class InboundMailHandler:
+    """aiosmtpd handler: recipient policy at RCPT, parse/mask/dedupe/produce at DATA."""
+
+    def __init__(
+        self, ctx: AdapterContext, config: EmailSettings, deduper: Deduper | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._config = config
+        self._deduper = deduper
+
+    def _reject(self, account: str, reason: str, reply: str) -> str:
+        self._ctx.metrics.rejected.labels(CHANNEL, account, reason).inc()
+        return reply
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """Accept only known mailboxes at our domains, at most ``max_recipients``."""
+        cfg = self._config
+        if len(envelope.rcpt_tos) >= cfg.max_recipients:
+            return self._reject(
+                _NO_ACCOUNT,
+                "too_many_recipients",
+                f"452 4.5.3 Too many recipients (at most {cfg.max_recipients} per message)",
+            )
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            return self._reject(
+                _NO_ACCOUNT, "bad_address", f"501 5.1.3 Bad recipient address syntax: <{address}>"
+            )
+        if not cfg.accepts_domain(domain):
+            return self._reject(
+                _NO_ACCOUNT, "relay_denied", f"554 5.7.1 <{address}>: Relay access denied"
+            )
+        mailbox = address.lower()
+        if not cfg.accepts_mailbox(mailbox):
+            return self._reject(
+                _NO_ACCOUNT,
+                "unknown_recipient",
+                f"550 5.1.1 <{address}>: Recipient address rejected: no such mailbox",
+            )
+        if mailbox not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(mailbox)
+            envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        """Parse, mask, dedupe, produce (acks=all); 250 only after the broker's ack."""
+        try:
+            return await self._deliver(envelope)
+        except Exception:
+            # A bug must not kill the session or lose mail: the MTA retries a 4xx.
+            log.exception("smtp: unexpected error while delivering a message")
+            return self._reject(
+                _NO_ACCOUNT, "internal_error", "451 4.3.0 Local error in processing; try again"
+            )
+
+    async def _deliver(self, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        ctx, cfg = self._ctx, self._config
+        mailboxes = list(envelope.rcpt_tos)
+        raw = envelope.original_content  # bytes: decode_data=False
+        if raw is None:
+            content = envelope.content or b""
+            if isinstance(content, str):
+                content = content.encode("utf-8", "surrogateescape")
+            raw = content
+        for mailbox in mailboxes:
+            ctx.metrics.requests.labels(CHANNEL, mailbox).inc()
+        if len(raw) > cfg.max_message_bytes:
+            for mailbox in mailboxes:
+                ctx.metrics.rejected.labels(CHANNEL, mailbox, "too_large").inc()
+            return (
+                f"552 5.3.4 Message size {len(raw)} bytes exceeds the fixed limit of "
+                f"{cfg.max_message_bytes} bytes"
+            )
+        try:
+            mail = parse_mail(raw)
+        except MalformedMail as exc:
+            for mailbox in mailboxes:
+                ctx.metrics.rejected.labels(CHANNEL, mailbox, exc.reason).inc()
+            return f"554 5.6.0 Malformed message: {exc}"
+        sender = envelope.mail_from or ""
+        if mail.auto_submitted or sender in ("", "<>"):
+            # Out-of-office replies and bounces would loop with our own auto-acks.
+            ctx.metrics.filtered.labels(CHANNEL, "auto_submitted").inc()
+            return "250 2.0.0 OK: auto-submitted mail is not routed"
+        received_at_ms = ctx.now_ms()
+        fresh: list[OmniEnvelope] = []
+        for mailbox in mailboxes:
+            try:
+                env = to_envelope(
+                    mail,
+                    mailbox,
+                    received_at_ms,
+                    salt=cfg.customer_id_salt.get_secret_value(),
+                    sender=sender,
+                )
+            except MalformedMail as exc:
+                ctx.metrics.rejected.labels(CHANNEL, mailbox, exc.reason).inc()
+                return f"554 5.6.0 Malformed message: {exc}"
+            env, masked = mask_envelope(env)
+            for kind, n in masked.counts.items():
+                ctx.metrics.pii_masked.labels(CHANNEL, kind).inc(n)
+            if self._deduper is not None and await self._deduper.seen(
+                CHANNEL, dedupe_id(mailbox, mail.message_id)
+            ):
+                ctx.metrics.duplicates.labels(CHANNEL, mailbox).inc()
+                continue
+            fresh.append(env)
+        if fresh:
+            try:
+                await ctx.sink.send_envelopes(fresh)
+            except BrokerUnavailable as exc:
+                log.warning("smtp: %s", exc)
+                for env in fresh:
+                    ctx.metrics.rejected.labels(CHANNEL, env.account, "broker_unavailable").inc()
+                return "451 4.3.0 Temporary failure: message broker unavailable, try again later"
+        for env in fresh:
+            if self._deduper is not None:
+                await self._deduper.mark(CHANNEL, dedupe_id(env.account, mail.message_id))
+            ctx.metrics.accepted.labels(CHANNEL, env.account).inc()
+        ctx.metrics.ack_latency.labels(CHANNEL).observe(time.perf_counter() - started)
+        return f"250 2.0.0 OK: queued as <{mail.message_id}>"
+
+
+class _SMTP(SMTP):
+    """aiosmtpd's protocol with RFC 3463 codes on its own size refusals."""
+
+    def __init__(
+        self, handler: InboundMailHandler, *, on_oversize: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._on_oversize = on_oversize
+
+    async def push(self, status: Any) -> None:
+        """Rewrite aiosmtpd's ``552 Error: ...`` size replies to ``552 5.3.4``."""
+        if isinstance(status, str) and status.startswith("552 Error"):
+            self._on_oversize()
+            status = (
+                f"552 5.3.4 Message size exceeds the fixed limit of {self.data_size_limit} bytes"
+            )
+        await super().push(status)
+
+
+class SmtpServer:
+    """Inbound SMTP listener; ``start``/``stop`` are idempotent, ``async with`` works.
+
+    Args:
+        ctx: The adapters' shared context (producer, metrics, Redis, clock).
+        config: E-mail settings (domains, mailboxes, limits, port).
+        deduper: Drops MTA retries of an already produced Message-ID; default:
+            one on ``ctx.redis`` when there is a Redis client, else none.
+    """
+
+    def __init__(
+        self,
+        ctx: AdapterContext,
+        config: EmailSettings,
+        *,
+        deduper: Deduper | None = None,
+    ) -> None:
+        if deduper is None and ctx.redis is not None:
+            deduper = Deduper(ctx.redis, ctx.keys, config.dedupe_ttl_s)
+        self._ctx = ctx
+        self._config = config
+        self.handler = InboundMailHandler(ctx, config, deduper)
+        self._server: asyncio.Server | None = None
+        self._sessions: weakref.WeakSet[_SMTP] = weakref.WeakSet()
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        state = f"listening on {self._config.smtp_host}:{self.port}" if self._server else "stopped"
+        return f"SmtpServer({state}, domains={list(self._config.domains)})"
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0); 0 when stopped."""
+        if self._server is None or not self._server.sockets:
+            return 0
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def _oversize(self) -> None:
+        self._ctx.metrics.rejected.labels(CHANNEL, _NO_ACCOUNT, "too_large").inc()
+
+    def _protocol(self) -> _SMTP:
+        cfg = self._config
+        proto = _SMTP(
+            self.handler,
+            on_oversize=self._oversize,
+            data_size_limit=cfg.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=cfg.smtp_hostname,
+            ident="omniroute ESMTP",
+            timeout=cfg.smtp_timeout_s,
+            loop=asyncio.get_running_loop(),
+        )
+        self._sessions.add(proto)
+        return proto
+
+    async def start(self) -> None:
+        """Listen on ``smtp_host:smtp_port``."""
+        async with self._lock:
+            if self._server is not None:
+                return
+            if not self._config.domains:
+                raise ConfigError(
+                    "inbound SMTP has no mailbox domain: set OMNI_EMAIL_DOMAINS "
+                    "(e.g. 'kefu.example.com'), or mail for every domain would be refused"
+                )
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                self._protocol, host=self._config.smtp_host, port=self._config.smtp_port
+            )
+            log.info("smtp: %r", self)
+
+    async def stop(self) -> None:
+        """Stop listening and close open sessions (an unfinished DATA is retried by the MTA)."""
+        async with self._lock:
+            server, self._server = self._server, None
+            if server is None:
+                return
+            server.close()
+            for proto in list(self._sessions):
+                if proto.transport is not None:
+                    proto.transport.close()
+            self._sessions.clear()
+            await server.wait_closed()
+
+    async def __aenter__(self) -> SmtpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
