@@ -1,0 +1,23 @@
+"""The clock seam: the worker asks it for the time; tests hand in one they advance."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Wall clock in seconds since the epoch (same shape as ``adapters.context.Clock``)."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()

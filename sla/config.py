@@ -1,0 +1,260 @@
+"""Typed model of ``config/sla.yaml``: policies, business calendars, escalation, surge.
+
+Durations are seconds (``*_s``). Policies are matched in file order; the first whose
+``match`` accepts (channel, band, skill group, tags) wins, so list specific ones first
+and end with a catch-all (empty ``match``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from router.models import Band, Channel
+from skills._yaml import load_model
+from sla.exceptions import ConfigError
+
+__all__ = [
+    "CalendarConfig",
+    "EscalationStep",
+    "Match",
+    "PolicyConfig",
+    "SlaConfig",
+    "SurgeConfig",
+    "Target",
+    "TimerKind",
+    "load_sla_config",
+]
+
+TimerKind = Literal["first_response", "next_response", "resolution", "progress"]
+TIMER_KINDS: tuple[TimerKind, ...] = ("first_response", "next_response", "resolution", "progress")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+Seconds = Annotated[float, Field(gt=0, le=90 * 86_400)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Target(_Frozen):
+    """One timer target: breach after ``target_s`` business seconds, warn after ``warning_s``."""
+
+    target_s: Seconds
+    warning_s: Seconds | None = None  # default: warning_ratio x target_s
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"target_s": value}
+        return value
+
+    @model_validator(mode="after")
+    def _warning_first(self) -> Target:
+        if self.warning_s is not None and self.warning_s >= self.target_s:
+            raise ValueError(
+                f"warning_s ({self.warning_s}) must be below target_s ({self.target_s})"
+            )
+        return self
+
+    def warning_after_s(self, ratio: float) -> float:
+        """Seconds after which the warning fires."""
+        return self.warning_s if self.warning_s is not None else self.target_s * ratio
+
+
+class Match(_Frozen):
+    """Which decisions a policy applies to; an empty list matches everything."""
+
+    channels: tuple[Channel, ...] = ()
+    bands: tuple[Band, ...] = ()
+    groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # any of these tag ids (prefix match on "a.b": "a" matches)
+
+    def accepts(self, channel: str, band: str, group: str, tags: Sequence[str]) -> bool:
+        """True when every non-empty criterion is met."""
+        if self.channels and channel not in self.channels:
+            return False
+        if self.bands and band not in self.bands:
+            return False
+        if self.groups and group not in self.groups:
+            return False
+        return not self.tags or any(
+            t == want or t.startswith(want + ".") for t in tags for want in self.tags
+        )
+
+
+class PolicyConfig(_Frozen):
+    """SLA targets for the decisions a ``match`` accepts."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    description: str = ""
+    match: Match = Match()
+    calendar: str = "always"
+    warning_ratio: float | None = Field(default=None, gt=0, lt=1)
+    first_response: Target | None = None
+    next_response: Target | None = None
+    resolution: Target | None = None
+    progress: Target | None = None  # an update is due this often while the case is handled
+    escalation: str | None = None  # name of a ladder in ``escalation``; None = no ladder
+
+    def target(self, kind: TimerKind) -> Target | None:
+        """The target of one timer kind (None when the policy has no such timer)."""
+        value: Target | None = getattr(self, kind)
+        return value
+
+
+class CalendarConfig(_Frozen):
+    """Opening hours in one time zone; ``always_open`` for 24x7 desks."""
+
+    timezone: str = "Asia/Shanghai"
+    always_open: bool = False
+    # statutory: Chinese public holidays closed, make-up working days open (chinese_calendar)
+    # weekdays: Monday-Friday; all: every day (only hours apply)
+    days: Literal["statutory", "weekdays", "all"] = "statutory"
+    hours: tuple[tuple[time, time], ...] = ((time(9, 0), time(21, 0)),)
+    closed_dates: tuple[str, ...] = ()  # extra ISO dates the desk is closed
+    open_dates: tuple[str, ...] = ()  # extra ISO dates the desk is open
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _parse_hours(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        out = []
+        for item in value:
+            if isinstance(item, str) and "-" in item:
+                item = item.split("-", 1)
+            if not (isinstance(item, list | tuple) and len(item) == 2):
+                raise ValueError(f"each shift must be 'HH:MM-HH:MM', got {item!r}")
+            pair = []
+            for part in item:
+                text = str(part).strip()
+                if not _HHMM.match(text):
+                    raise ValueError(f"time must be HH:MM (00:00-24:00), got {text!r}")
+                hh, mm = (int(x) for x in text.split(":"))
+                pair.append(time(23, 59, 59, 999_999) if hh == 24 else time(hh, mm))
+            out.append(tuple(pair))
+        return out
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CalendarConfig:
+        previous: time | None = None
+        for start, end in self.hours:
+            if start >= end:
+                raise ValueError(f"shift {start:%H:%M}-{end:%H:%M} must end after it starts")
+            if previous is not None and start < previous:
+                raise ValueError("shifts must be in time order and must not overlap")
+            previous = end
+        return self
+
+
+class EscalationStep(_Frozen):
+    """One rung of a ladder, ``after_s`` seconds after the breach (wall-clock)."""
+
+    after_s: float = Field(default=0.0, ge=0, le=30 * 86_400)
+    raise_bands: int = Field(default=0, ge=0, le=4)  # re-score queued messages this many bands up
+    move_to: str | None = None  # move queued messages to this skill group
+    notify: tuple[str, ...] = ()  # who the alert names (team-lead, supervisor, duty-manager)
+
+
+class SurgeConfig(_Frozen):
+    """Surge and incident detection (see docs/sla.md for the model)."""
+
+    window_s: float = Field(default=60.0, gt=0, le=3600)
+    long_window_s: float = Field(default=300.0, gt=0, le=86_400)
+    ewma_alpha: float = Field(default=0.1, gt=0, le=1)  # weight of the newest window
+    min_baseline_per_min: float = Field(default=1.0, ge=0)  # floor for quiet scopes
+    min_rate_per_min: float = Field(default=10.0, ge=0)  # below: never a surge
+    start_ratio: float = Field(default=2.0, gt=1)
+    start_windows: int = Field(default=2, ge=1)
+    clear_ratio: float = Field(default=1.3, gt=0)
+    clear_windows: int = Field(default=2, ge=1)
+    incident_tag_share: float = Field(default=0.5, gt=0, le=1)  # tag's share of all arrivals
+    incident_ratio: float = Field(default=4.0, gt=1)  # tag rate vs its own baseline
+    incident_tags: tuple[str, ...] = ()  # restrict incident detection to these tag prefixes
+    aht_s: float = Field(default=180.0, gt=0)  # average handling time per conversation
+    service_level: float = Field(default=0.8, gt=0, lt=1)  # share answered within answer_target_s
+    answer_target_s: float = Field(default=30.0, gt=0)
+    staffing_reserve: float = Field(default=1.2, ge=1)  # handbook: >= 120 % at peaks
+    default_slots: int = Field(default=3, ge=1)  # slots per agent when computing extra agents
+    heat_per_gift: float = Field(default=0.0, ge=0)  # live-room heat weights (omni.signals)
+    heat_per_like: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> SurgeConfig:
+        if self.clear_ratio >= self.start_ratio:
+            raise ValueError(
+                f"clear_ratio ({self.clear_ratio}) must be below start_ratio "
+                f"({self.start_ratio}) or signals would flap"
+            )
+        return self
+
+
+class SlaConfig(_Frozen):
+    """The whole ``config/sla.yaml``."""
+
+    version: str = "1"
+    warning_ratio: float = Field(default=0.8, gt=0, lt=1)
+    calendars: dict[str, CalendarConfig] = Field(
+        default_factory=lambda: {"always": CalendarConfig(always_open=True)}
+    )
+    escalation: dict[str, tuple[EscalationStep, ...]] = Field(default_factory=dict)
+    policies: tuple[PolicyConfig, ...] = Field(min_length=1)
+    surge: SurgeConfig = SurgeConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> SlaConfig:
+        seen: set[str] = set()
+        for i, policy in enumerate(self.policies):
+            if policy.id in seen:
+                raise ValueError(f"policies[{i}]: duplicate policy id {policy.id!r}")
+            seen.add(policy.id)
+            if policy.calendar not in self.calendars:
+                raise ValueError(
+                    f"policies[{i}] ({policy.id}): unknown calendar {policy.calendar!r}; "
+                    f"define it under 'calendars' (have {sorted(self.calendars)})"
+                )
+            if policy.escalation is not None and policy.escalation not in self.escalation:
+                raise ValueError(
+                    f"policies[{i}] ({policy.id}): unknown escalation ladder "
+                    f"{policy.escalation!r}; define it under 'escalation' "
+                    f"(have {sorted(self.escalation)})"
+                )
+        if self.policies[-1].match != Match():
+            raise ValueError(
+                f"the last policy ({self.policies[-1].id}) must be a catch-all with an empty "
+                "'match', so that every decision gets an SLA"
+            )
+        return self
+
+    def policy_for(
+        self, channel: str, band: str, group: str, tags: Sequence[str] = ()
+    ) -> PolicyConfig:
+        """The first policy whose match accepts; the catch-all guarantees one."""
+        for policy in self.policies:
+            if policy.match.accepts(channel, band, group, tags):
+                return policy
+        return self.policies[-1]
+
+    def policy(self, policy_id: str) -> PolicyConfig | None:
+        """A policy by id."""
+        return next((p for p in self.policies if p.id == policy_id), None)
+
+    def ratio(self, policy: PolicyConfig) -> float:
+        """The warning ratio that applies to ``policy``."""
+        return policy.warning_ratio if policy.warning_ratio is not None else self.warning_ratio
+
+
+def load_sla_config(path: Path) -> SlaConfig:
+    """Load and validate ``sla.yaml``; ConfigError names file:line and the key path."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: SLA configuration not found; set OMNI_CONFIG_DIR")
+    config, _ = load_model(
+        path, SlaConfig, "see docs/sla.md for the schema of config/sla.yaml"
+    )
+    return config

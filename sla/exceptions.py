@@ -1,0 +1,15 @@
+"""Errors of the SLA package."""
+
+from __future__ import annotations
+
+from router.exceptions import ConfigError, RouterError
+
+__all__ = ["ConfigError", "SlaError", "StateConflict"]
+
+
+class SlaError(RouterError):
+    """Root of the SLA package's own errors."""
+
+
+class StateConflict(SlaError, RuntimeError):
+    """A conversation's SLA state kept changing under us; the write was retried and gave up."""

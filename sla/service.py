@@ -1,0 +1,101 @@
+"""``omniroute sla``: the SLA worker as a process, with /metrics, /healthz and /readyz.
+
+Parts start in dependency order (Redis -> SlaWorker -> HTTP) in one AsyncExitStack
+and stop in reverse. SIGTERM/SIGINT drain: the batch in hand is committed, then a
+one-line summary is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.exceptions import RedisError
+
+from router.redis_client import connect
+from router.settings import Settings
+from sla.clock import Clock
+from sla.worker import SlaWorker
+
+__all__ = ["SlaServiceSettings", "run_sla", "sla_service"]
+
+log = logging.getLogger(__name__)
+
+
+class SlaServiceSettings(BaseSettings):
+    """Settings of the SLA process (environment, read once at the edge)."""
+
+    model_config = SettingsConfigDict(env_prefix="", frozen=True, extra="ignore")
+
+    web_port: int = Field(default=6067, ge=0, le=65535, alias="OMNI_SLA_WEB_PORT")
+    tick_s: float = Field(default=1.0, gt=0, le=60, alias="OMNI_SLA_TICK_S")
+    agent_live_ttl_s: float = Field(default=90.0, gt=0, alias="OMNI_AGENT_LIVE_TTL_S")
+
+
+@contextlib.asynccontextmanager
+async def sla_service(
+    settings: Settings,
+    service: SlaServiceSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+) -> AsyncIterator[tuple[SlaWorker, int]]:
+    """Run the SLA worker and its web endpoints; yields (worker, bound web port)."""
+    service = service or SlaServiceSettings()
+    registry = registry or CollectorRegistry()
+    async with contextlib.AsyncExitStack() as stack:
+        redis = connect(settings.redis_url, socket_timeout=10)
+        stack.push_async_callback(redis.aclose)
+        worker = SlaWorker(settings, registry, clock, redis=redis, tick_s=service.tick_s,
+                           agent_live_ttl_s=service.agent_live_ttl_s)
+        await worker.start()
+        stack.push_async_callback(worker.stop)
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        async def readyz(_: web.Request) -> web.Response:
+            try:
+                await redis.ping()
+            except (RedisError, OSError) as exc:
+                return web.json_response({"status": "unavailable", "problems": [str(exc)]},
+                                         status=503)
+            return web.json_response({"status": "ready", "config": worker.config.version})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http_host, service.web_port)
+        await site.start()
+        port = service.web_port
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            port = server.sockets[0].getsockname()[1]
+        log.info("SLA worker ready; metrics on http://%s:%d/metrics", settings.http_host, port)
+        yield worker, port
+
+
+async def run_sla(settings: Settings) -> None:
+    """``omniroute sla``: until SIGTERM/SIGINT or a crashed loop."""
+    loop = asyncio.get_running_loop()
+    async with sla_service(settings) as (worker, _port):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop)
+        try:
+            await worker.run()
+        finally:
+            log.info("SLA worker stopping after %d records", worker.processed)

@@ -1,0 +1,275 @@
+"""Surge and incident detection over sliding windows, with Erlang C staffing.
+
+Arrivals are counted per scope (``all``, ``channel:<c>``, ``group:<g>``, ``tag:<t>``,
+``heat:room:<id>`` for live-room gift/like heat) in fixed windows of ``window_s``
+kept in Redis, so every worker of the consumer group adds to the same counts. When
+a window has closed, one worker (a ``SET NX`` lock per window) evaluates it:
+
+* baseline: an EWMA of the per-minute rate, learning only while no surge is on
+  (a surge must not become the new normal);
+* ``surge.start`` when the rate is >= ``start_ratio`` x baseline (and at least
+  ``min_rate_per_min``) for ``start_windows`` consecutive windows; ``surge.clear``
+  when it is < ``clear_ratio`` x baseline for ``clear_windows`` windows;
+* ``incident`` when one tag is >= ``incident_tag_share`` of all arrivals and
+  >= ``incident_ratio`` x its own baseline (a mass-complaint burst), cleared like
+  a surge;
+* each start carries the staffing needed to hold the SLA at the current rate
+  (Erlang C, below), times ``staffing_reserve``, and the extra agents over the
+  logged-in capacity where it is known (group scopes and ``all``).
+
+Erlang C (M/M/N): with arrival rate lambda and average handling time AHT, the
+offered load is A = lambda x AHT erlangs; a slot is a server (an agent with 3
+slots is 3 servers, the usual approximation for chat concurrency). The
+probability of waiting is C(N, A) = N B / (N - A (1 - B)) with B = Erlang B
+computed by the stable recurrence B(0) = 1, B(k) = A B / (k + A B); the service
+level is 1 - C exp(-(N - A) T / AHT) for answer target T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import orjson
+from redis.asyncio import Redis
+
+from router.keys import Keys
+from sla._decode import as_text
+from sla.config import SurgeConfig
+
+__all__ = [
+    "ScopeState",
+    "Staffing",
+    "SurgeDetector",
+    "SurgeWindows",
+    "erlang_b",
+    "erlang_c",
+    "service_level",
+    "slots_for_service_level",
+]
+
+MAX_SERVERS: Final = 100_000
+
+
+def erlang_b(servers: int, load: float) -> float:
+    """Blocking probability of N servers offered A erlangs (iterative, stable)."""
+    if servers < 0 or load < 0:
+        raise ValueError("servers and load must be non-negative")
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = load * b / (k + load * b)
+    return b
+
+
+def erlang_c(servers: int, load: float) -> float:
+    """Probability that an arrival waits (1.0 when the load is not below N)."""
+    if load <= 0:
+        return 0.0
+    if servers <= load:
+        return 1.0
+    b = erlang_b(servers, load)
+    return servers * b / (servers - load * (1 - b))
+
+
+def service_level(servers: int, load: float, aht_s: float, target_s: float) -> float:
+    """Share of arrivals answered within ``target_s``."""
+    if load <= 0:
+        return 1.0
+    if servers <= load:
+        return 0.0
+    return 1 - erlang_c(servers, load) * math.exp(-(servers - load) * target_s / aht_s)
+
+
+def slots_for_service_level(
+    rate_per_s: float, aht_s: float, target_s: float, level: float
+) -> int:
+    """The fewest servers (slots) that answer ``level`` of arrivals within ``target_s``."""
+    load = rate_per_s * aht_s
+    if load <= 0:
+        return 0
+    n = max(1, math.floor(load) + 1)
+    while service_level(n, load, aht_s, target_s) < level:
+        n += 1
+        if n > MAX_SERVERS:
+            return MAX_SERVERS
+    return n
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """Detector state of one scope (stored as JSON in ``Keys.surge_state()``)."""
+
+    baseline: float | None = None  # per minute
+    above: int = 0  # consecutive windows over the start threshold
+    below: int = 0  # consecutive windows under the clear threshold (while active)
+    active: bool = False
+    incident: bool = False
+    incident_below: int = 0
+    windows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Staffing:
+    """Logged-in agents and slots for a scope (None where unknown)."""
+
+    agents: int
+    slots: int
+
+
+class SurgeDetector:
+    """The pure part: one closed window's counts in, signals out."""
+
+    def __init__(self, config: SurgeConfig) -> None:
+        self.config = config
+
+    def staffing_needed(self, rate_per_min: float, staffed: Staffing | None) -> dict[str, Any]:
+        """Erlang C staffing at ``rate_per_min`` (with the reserve) vs ``staffed``."""
+        c = self.config
+        rate_s = rate_per_min / 60
+        needed = slots_for_service_level(rate_s, c.aht_s, c.answer_target_s, c.service_level)
+        required = math.ceil(needed * c.staffing_reserve)
+        out: dict[str, Any] = {
+            "model": "erlang-c",
+            "offered_load_erlangs": round(rate_s * c.aht_s, 3),
+            "needed_slots": needed,
+            "required_slots": required,
+            "staffing_reserve": c.staffing_reserve,
+            "aht_s": c.aht_s,
+            "service_level": c.service_level,
+            "answer_target_s": c.answer_target_s,
+        }
+        if staffed is not None:
+            per_agent = staffed.slots / staffed.agents if staffed.agents else c.default_slots
+            out["staffed_agents"] = staffed.agents
+            out["staffed_slots"] = staffed.slots
+            out["extra_agents"] = max(0, math.ceil((required - staffed.slots) / per_agent))
+        else:
+            out["agents_needed"] = math.ceil(required / c.default_slots)
+        return out
+
+    def evaluate(
+        self,
+        counts: Mapping[str, float],
+        states: Mapping[str, ScopeState],
+        staffing: Mapping[str, Staffing],
+    ) -> tuple[dict[str, ScopeState], list[dict[str, Any]]]:
+        """Apply one closed window to every scope; return new states and signals."""
+        c = self.config
+        per_min = 60 / c.window_s
+        total = counts.get("all", 0.0)
+        new_states: dict[str, ScopeState] = {}
+        signals: list[dict[str, Any]] = []
+        for scope in sorted({*counts, *states}):
+            st = ScopeState(**asdict(states[scope])) if scope in states else ScopeState()
+            count = counts.get(scope, 0.0)
+            rate = count * per_min
+            base = st.baseline
+            info: dict[str, Any] = {
+                "scope": scope, "kind": scope.split(":", 1)[0], "rate_per_min": round(rate, 3),
+                "baseline_per_min": None if base is None else round(base, 3),
+            }
+            if base is not None:
+                ref = max(base, c.min_baseline_per_min)
+                ratio = rate / ref
+                info["ratio"] = round(ratio, 3)
+                hot = rate >= c.min_rate_per_min and ratio >= c.start_ratio
+                st.above = st.above + 1 if hot else 0
+                if st.active:
+                    st.below = st.below + 1 if ratio < c.clear_ratio else 0
+                    if st.below >= c.clear_windows:
+                        st.active, st.below, st.above = False, 0, 0
+                        signals.append({"type": "surge.clear", **info})
+                elif st.above >= c.start_windows:
+                    st.active, st.below = True, 0
+                    start: dict[str, Any] = {"type": "surge.start", **info}
+                    if not scope.startswith("heat:"):  # heat is not a workload
+                        start.update(self.staffing_needed(rate, staffing.get(scope)))
+                    signals.append(start)
+                if scope.startswith("tag:"):
+                    signals += self._incident(st, info, count, total, ratio)
+            if not st.active and st.above == 0:
+                # learn only from ordinary windows: a surge must not become the baseline
+                st.baseline = rate if base is None else base + c.ewma_alpha * (rate - base)
+            st.windows += 1
+            new_states[scope] = st
+        return new_states, signals
+
+    def _incident(
+        self, st: ScopeState, info: dict[str, Any], count: float, total: float, ratio: float
+    ) -> list[dict[str, Any]]:
+        c = self.config
+        tag = info["scope"].split(":", 1)[1]
+        if c.incident_tags and not any(
+            tag == t or tag.startswith(t + ".") for t in c.incident_tags
+        ):
+            return []
+        share = count / total if total else 0.0
+        burst = (share >= c.incident_tag_share and ratio >= c.incident_ratio
+                 and info["rate_per_min"] >= c.min_rate_per_min)
+        if burst and not st.incident:
+            st.incident, st.incident_below = True, 0
+            return [{"type": "incident", **info, "tag": tag, "share": round(share, 3)}]
+        if st.incident:
+            st.incident_below = st.incident_below + 1 if ratio < c.clear_ratio else 0
+            if st.incident_below >= c.clear_windows:
+                st.incident, st.incident_below = False, 0
+                return [{"type": "incident.clear", **info, "tag": tag}]
+        return []
+
+
+class SurgeWindows:
+    """Window counts and detector state in Redis, shared by all SLA workers."""
+
+    def __init__(self, redis: Redis, keys: Keys, config: SurgeConfig) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.window_ms = int(config.window_s * 1000)
+        self.detector = SurgeDetector(config)
+
+    def index(self, now_ms: int) -> int:
+        """The window ``now_ms`` falls in."""
+        return now_ms // self.window_ms
+
+    async def record(self, at_ms: int, scopes: Mapping[str, float]) -> None:
+        """Add arrivals (or heat) to the window of ``at_ms``."""
+        if not scopes:
+            return
+        key = self.keys.surge_window(self.index(at_ms))
+        pipe = self.redis.pipeline(transaction=False)
+        for scope, n in scopes.items():
+            pipe.hincrbyfloat(key, scope, n)
+        pipe.pexpire(key, int(max(self.config.long_window_s, self.config.window_s) * 3000))
+        await pipe.execute()
+
+    async def close(
+        self, index: int, now_ms: int, staffing: Mapping[str, Staffing]
+    ) -> list[dict[str, Any]] | None:
+        """Evaluate window ``index`` once across all workers; None if another worker did."""
+        won = await self.redis.set(
+            self.keys.surge_closed(index), str(now_ms), nx=True,
+            px=int(max(self.config.long_window_s, self.config.window_s) * 3000),
+        )
+        if not won:
+            return None
+        raw_counts = await self.redis.hgetall(self.keys.surge_window(index))
+        counts = {as_text(k): float(v) for k, v in raw_counts.items()}
+        raw_states = await self.redis.hgetall(self.keys.surge_state())
+        states = {as_text(k): ScopeState(**orjson.loads(v)) for k, v in raw_states.items()}
+        new_states, signals = self.detector.evaluate(counts, states, staffing)
+        if new_states:
+            await self.redis.hset(
+                self.keys.surge_state(),
+                mapping={k: orjson.dumps(asdict(v)) for k, v in new_states.items()},
+            )
+        end_ms = (index + 1) * self.window_ms
+        for s in signals:
+            s.update(window_s=self.config.window_s, window_end_ms=end_ms, at_ms=now_ms)
+        return signals
+
+    async def states(self) -> dict[str, ScopeState]:
+        """Every scope's detector state."""
+        raw = await self.redis.hgetall(self.keys.surge_state())
+        return {as_text(k): ScopeState(**orjson.loads(v)) for k, v in raw.items()}

@@ -1,0 +1,496 @@
+"""The SLA worker: timers, escalation and surge detection as one service.
+
+``SlaWorker(settings, registry, clock)`` consumes ``omni.routed`` (decisions start,
+resume and restart timers), ``omni.agent-events`` (replies stop them, ``wait_customer``
+pauses, ``resolve`` ends, ``transfer`` re-evaluates) and ``omni.signals`` (live-room
+heat) in its own consumer group, ``<OMNI_CONSUMER_GROUP>-sla``. Offsets are
+committed after a batch's effects are in Redis (at-least-once; every effect is
+idempotent, see :mod:`sla.state`).
+
+A deadline loop ticks every ``tick_s``: it claims due deadlines (exactly once
+across workers, :mod:`sla.timers`), applies escalation rungs, produces
+``sla.warning`` / ``sla.breach`` / ``sla.escalation`` alerts to ``omni.sla-alerts``,
+closes surge windows (``omni.surge``) and refreshes the gauges. Tests drive
+``process``, ``fire_due`` and ``surge_tick`` directly on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router import topics
+from router.exceptions import BrokerUnavailable
+from router.keys import Keys
+from router.redis_client import connect
+from router.settings import Settings
+from sla._decode import decode_decision, decode_signal
+from sla.agents import AgentDesk
+from sla.clock import Clock, SystemClock
+from sla.config import SlaConfig, load_sla_config
+from sla.escalation import Escalator
+from sla.exceptions import StateConflict
+from sla.metrics import SlaMetrics
+from sla.state import AgentEvent, ConvState, Fired, SlaEngine, member
+from sla.surge import Staffing, SurgeWindows
+from sla.timers import Change, TimerStore
+
+__all__ = ["SlaWorker"]
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S: Final = 5.0
+CLAIM_LIMIT: Final = 500
+
+
+def _consumer_timeouts(settings: Settings) -> dict[str, int]:
+    if settings.fast_rebalance:
+        return {"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000,
+                "heartbeat_interval_ms": 1000}
+    return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
+            "heartbeat_interval_ms": 3000}
+
+
+class SlaWorker:
+    """SLA timers + escalation + surge; ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        clock: Clock | None = None,
+        *,
+        config: SlaConfig | None = None,
+        redis: Redis | None = None,
+        tick_s: float = 1.0,
+        agent_live_ttl_s: float = 90.0,
+        surge_grace_s: float = 2.0,
+        gauges_every_s: float = 15.0,
+        tombstone_ttl_s: float = 86_400.0,
+    ) -> None:
+        self.settings = settings
+        self.metrics = SlaMetrics(registry)
+        self.clock: Clock = clock or SystemClock()
+        self.config = config or load_sla_config(Path(settings.config_dir) / "sla.yaml")
+        self.keys = Keys(settings.redis_prefix)
+        self.tick_s = tick_s
+        self.agent_live_ttl_s = agent_live_ttl_s
+        self.surge_grace_ms = int(surge_grace_s * 1000)
+        self.gauges_every_ms = int(gauges_every_s * 1000)
+        self.tombstone_ttl_ms = int(tombstone_ttl_s * 1000)
+        self.group_id = f"{settings.consumer_group}-sla"
+        self.routed = settings.topic(topics.ROUTED)
+        self.agent_events = settings.topic(topics.AGENT_EVENTS)
+        self.signals = settings.topic(topics.SIGNALS)
+        self.alerts_topic = settings.topic(topics.SLA_ALERTS)
+        self.surge_topic = settings.topic(topics.SURGE)
+        self.dead_letter = settings.topic(topics.DEAD_LETTER)
+        self.engine = SlaEngine(self.config)
+        self._redis = redis
+        self._owns_redis = redis is None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_closed: int | None = None
+        self._last_gauges_ms = 0
+        self.processed = 0
+        self.store: TimerStore | None = None
+
+    # --- lifecycle --------------------------------------------------------------
+    async def start(self, *, consume: bool = True, loops: bool = True) -> None:
+        """Connect Redis and Kafka, join the consumer group, start the loops."""
+        async with self._lock:
+            if self._producer is not None:
+                return
+            self._stopping.clear()
+            if self._redis is None:
+                self._redis = connect(self.settings.redis_url, socket_timeout=10)
+            redis = self._redis
+            self.store = TimerStore(redis, self.keys, self.engine)
+            self.escalator = Escalator(redis, self.keys)
+            self.desk = AgentDesk(redis, self.keys, live_ttl_s=self.agent_live_ttl_s)
+            self.surge = SurgeWindows(redis, self.keys, self.config.surge)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                enable_idempotence=self.settings.kafka_idempotence, linger_ms=2,
+            )
+            await producer.start()
+            self._producer = producer
+            if consume:
+                consumer = AIOKafkaConsumer(
+                    self.routed, self.agent_events, self.signals,
+                    bootstrap_servers=self.settings.kafka_bootstrap,
+                    group_id=self.group_id, enable_auto_commit=False,
+                    auto_offset_reset="earliest", max_poll_records=CLAIM_LIMIT,
+                    **_consumer_timeouts(self.settings),
+                )
+                try:
+                    await consumer.start()
+                except BaseException:
+                    await self._close_quietly()
+                    raise
+                self._consumer = consumer
+                self._tasks.append(asyncio.create_task(self._consume_loop(), name="sla-consume"))
+            if loops:
+                self._tasks.append(asyncio.create_task(self._tick_loop(), name="sla-tick"))
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, stop the loops, disconnect (idempotent)."""
+        async with self._lock:
+            self._stopping.set()
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+        if self._owns_redis and self._redis is not None:
+            redis, self._redis = self._redis, None
+            await redis.aclose()
+
+    async def __aenter__(self) -> SlaWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask the loops to return after the batch in hand (SIGTERM drain)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Wait until ``request_stop``/``stop``; re-raise if a loop crashed."""
+        if not self._tasks:
+            raise RuntimeError("SlaWorker is not started: call start() first")
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *self._tasks],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        for task in done:
+            if task is not stop and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    # --- consuming --------------------------------------------------------------
+    async def _consume_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        backoff = 0.1
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=CLAIM_LIMIT)
+            records = [r for recs in batch.values() for r in recs]
+            if not records:
+                continue
+            while not self._stopping.is_set():
+                try:
+                    await self.process(records)
+                    await consumer.commit()
+                    backoff = 0.1
+                    break
+                except (RedisError, OSError, KafkaError, BrokerUnavailable,
+                        StateConflict) as exc:
+                    log.warning("sla worker: batch of %d failed (%r); retrying in %.1f s",
+                                len(records), exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply a batch of consumed records (idempotent; safe to replay)."""
+        store = self._store()
+        engine = self.engine
+        arrivals: dict[int, dict[str, float]] = {}
+        dead: list[tuple[bytes, bytes]] = []
+        changes: list[tuple[str, Change]] = []
+        now_ms = self.now_ms()
+        for rec in records:
+            value = rec.value or b""
+            try:
+                if rec.topic == self.routed:
+                    d = decode_decision(value)
+                    changes.append((d.conversation_id, partial(engine.on_decision, d=d)))
+                    scopes = arrivals.setdefault(self.surge.index(d.received_at_ms), {})
+                    for scope in self._scopes(d.channel, d.skill_group, [t.id for t in d.tags]):
+                        scopes[scope] = scopes.get(scope, 0.0) + 1
+                    self.metrics.events.labels("routed", "ok").inc()
+                elif rec.topic == self.agent_events:
+                    e = AgentEvent.from_dict(orjson.loads(value))
+                    changes.append((e.conversation_id, partial(engine.on_agent_event, e=e)))
+                    self.metrics.events.labels("agent-events", "ok").inc()
+                elif rec.topic == self.signals:
+                    room, gifts, likes = decode_signal(value)
+                    c = self.config.surge
+                    heat = gifts * c.heat_per_gift + likes * c.heat_per_like
+                    if heat > 0:
+                        scopes = arrivals.setdefault(self.surge.index(now_ms), {})
+                        key = f"heat:room:{room}"
+                        scopes[key] = scopes.get(key, 0.0) + heat
+                    self.metrics.events.labels("signals", "ok").inc()
+            except (ValueError, TypeError, KeyError) as exc:
+                self.metrics.events.labels(rec.topic.rsplit(".", 1)[-1], "invalid").inc()
+                dead.append((rec.key or b"", self._dead_letter(rec, f"sla: {exc}", now_ms)))
+        await store.apply_batch(changes)
+        for index, scopes in arrivals.items():
+            await self.surge.record(index * self.surge.window_ms, scopes)
+        if dead:
+            await self._send(self.dead_letter, dead)
+        self.processed += len(records)
+
+    @staticmethod
+    def _scopes(channel: str, group: str, tags: Sequence[str]) -> list[str]:
+        out = ["all", f"channel:{channel}", f"group:{group}"]
+        for tag in dict.fromkeys([*tags, *(t.split(".", 1)[0] for t in tags)]):
+            out.append(f"tag:{tag}")
+        return out
+
+    # --- the deadline loop --------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.tick()
+                backoff = 0.1
+            except (RedisError, OSError, KafkaError, BrokerUnavailable, StateConflict) as exc:
+                log.warning("sla worker: tick failed (%r); retrying", exc)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), max(self.tick_s, backoff))
+
+    async def tick(self) -> None:
+        """One pass: fire due deadlines, close surge windows, refresh gauges, purge."""
+        await self.fire_due()
+        await self.surge_tick()
+        now = self.now_ms()
+        if now - self._last_gauges_ms >= self.gauges_every_ms:
+            self._last_gauges_ms = now
+            await self.refresh_gauges()
+            await self._store().purge_resolved(now - self.tombstone_ttl_ms)
+
+    async def fire_due(self) -> list[dict[str, Any]]:
+        """Claim every due deadline (exactly once across workers) and produce its alert."""
+        store = self._store()
+        produced: list[dict[str, Any]] = []
+        while True:
+            now = self.now_ms()
+            claimed = await store.claim_due(now, CLAIM_LIMIT)
+            alerts: list[dict[str, Any]] = []
+            for fired, state in claimed:
+                alert = await self._alert(fired, state, now)
+                if alert is not None:
+                    alerts.append(alert)
+            try:
+                await self._send(self.alerts_topic, [
+                    (a["conversation_id"].encode(), orjson.dumps(a)) for a in alerts
+                ])
+            except (BrokerUnavailable, KafkaError):
+                # we own these deadlines: put them back so a later tick fires them
+                redis = self._redis_client()
+                await redis.zadd(self.keys.sla_deadlines(), {
+                    member(f.kind, f.stage, f.gen, f.conversation_id): f.due_ms
+                    for f, _ in claimed
+                }, nx=True)
+                raise
+            produced += alerts
+            if len(claimed) < CLAIM_LIMIT:
+                return produced
+
+    async def _alert(self, f: Fired, state: ConvState | None, now: int) -> dict[str, Any] | None:
+        timer = state.timers.get(f.kind) if state is not None else None
+        if state is None or timer is None or timer.gen != f.gen or timer.paused:
+            return None  # stale: stopped, paused or restarted since it was scheduled
+        policy = self.engine.policy_of(state)
+        breach_ms = self.engine.breach_due_ms(state, timer)
+        alert: dict[str, Any] = {
+            "type": "sla.warning", "alert_id": f"{f.conversation_id}:{f.kind}:{f.stage}:{f.gen}",
+            "conversation_id": state.conversation_id, "group": state.group,
+            "policy": policy.id, "timer": f.kind, "stage": f.stage,
+            "channel": state.channel, "band": state.band,
+            "message_id": state.message_ids[-1] if state.message_ids else None,
+            "customer_id": state.customer_id, "agent_id": state.agent_id,
+            "target_s": timer.target_s, "warning_s": timer.warning_s,
+            "due_at_ms": breach_ms, "fired_at_ms": now,
+            "overdue_s": round((now - breach_ms) / 1000, 3),
+            "fire_lag_s": round((now - f.due_ms) / 1000, 3),
+        }
+        self.metrics.fire_lag.set(max(0.0, (now - f.due_ms) / 1000))
+        labels = (state.group, policy.id, f.kind)
+        if f.stage == "warning":
+            self.metrics.warnings.labels(*labels).inc()
+            return alert
+        if f.stage == "breach":
+            alert["type"] = "sla.breach"
+            self.metrics.breaches.labels(*labels).inc()
+            return alert
+        ladder = self.config.escalation.get(policy.escalation or "", ())
+        level = int(f.stage[3:]) if f.stage.startswith("esc") else 0
+        if not 1 <= level <= len(ladder):
+            return None  # the ladder changed since this rung was scheduled
+        step = ladder[level - 1]
+        result = await self.escalator.apply(step, state.group, state.message_ids)
+        from_group = state.group
+        if (result.touched and result.group != from_group) or level > state.escalation_level:
+            await self._store().apply(
+                state.conversation_id,
+                lambda s: self._escalated(s, from_group, result.group, level),
+            )
+        alert.update(
+            type="sla.escalation", level=level, notify=list(step.notify),
+            group=result.group, from_group=from_group,
+            actions={"raise_bands": step.raise_bands, "move_to": step.move_to,
+                     "queued_messages_touched": result.touched},
+        )
+        self.metrics.escalations.labels(from_group, policy.id).inc()
+        return alert
+
+    @staticmethod
+    def _escalated(s: ConvState | None, from_group: str, to_group: str,
+                   level: int) -> ConvState | None:
+        if s is None:
+            return None
+        changed = False
+        if s.group == from_group and to_group != from_group:
+            s.group = to_group
+            changed = True
+        if level > s.escalation_level:
+            s.escalation_level = level
+            changed = True
+        return s if changed else None
+
+    # --- surge ------------------------------------------------------------------
+    async def surge_tick(self) -> list[dict[str, Any]]:
+        """Evaluate every surge window that closed since the last call; produce signals."""
+        now = self.now_ms()
+        current = self.surge.index(now - self.surge_grace_ms)
+        first = current - 1 if self._last_closed is None else self._last_closed + 1
+        first = max(first, current - 5)
+        out: list[dict[str, Any]] = []
+        for index in range(first, current):
+            staffing = await self._staffing(now)
+            signals = await self.surge.close(index, now, staffing)
+            self._last_closed = index
+            if signals is None:
+                continue
+            await self._send(self.surge_topic, [
+                (s["scope"].encode(), orjson.dumps(s)) for s in signals
+            ])
+            for s in signals:
+                self.metrics.surge_signals.labels(s["type"]).inc()
+            out += signals
+            for scope, st in (await self.surge.states()).items():
+                self.metrics.surge_active.labels(scope).set(1 if st.active else 0)
+                if st.baseline is not None:
+                    self.metrics.surge_baseline.labels(scope).set(st.baseline)
+            for s in signals:
+                self.metrics.surge_rate.labels(s["scope"]).set(s["rate_per_min"])
+                if "extra_agents" in s:
+                    self.metrics.surge_extra_agents.labels(s["scope"]).set(s["extra_agents"])
+        return out
+
+    async def _staffing(self, now: int) -> dict[str, Staffing]:
+        agents = await self.desk.live_agents(now)
+        out: dict[str, Staffing] = {
+            "all": Staffing(len(agents), sum(a.slots for a in agents.values()))
+        }
+        per: dict[str, list[int]] = {}
+        for a in agents.values():
+            for g in a.groups:
+                per.setdefault(g, []).append(a.slots)
+        for g, slots in per.items():
+            out[f"group:{g}"] = Staffing(len(slots), sum(slots))
+        return out
+
+    # --- gauges -----------------------------------------------------------------
+    async def refresh_gauges(self) -> None:
+        """Open, at-risk and breached conversations per group; staffed slots."""
+        now = self.now_ms()
+        open_: dict[str, int] = {}
+        risk: dict[str, int] = {}
+        breached: dict[str, int] = {}
+        for state in await self._store().open_states():
+            running = [t for t in state.timers.values() if not t.paused]
+            if not running or state.resolved_ms is not None:
+                continue
+            g = state.group
+            open_[g] = open_.get(g, 0) + 1
+            cal = self.engine.calendar_of(state)
+            elapsed = [t.elapsed_s + cal.elapsed(t.seg_start_ms, now) for t in running]
+            if any(e >= t.target_s for e, t in zip(elapsed, running, strict=True)):
+                breached[g] = breached.get(g, 0) + 1
+            elif any(e >= t.warning_s for e, t in zip(elapsed, running, strict=True)):
+                risk[g] = risk.get(g, 0) + 1
+        for gauge, values in ((self.metrics.open, open_), (self.metrics.at_risk, risk),
+                              (self.metrics.breached_open, breached)):
+            gauge.clear()
+            for g, n in values.items():
+                gauge.labels(g).set(n)
+        staffing = await self.desk.staffing(now)
+        self.metrics.staffed_slots.clear()
+        for g, n in staffing.slots.items():
+            self.metrics.staffed_slots.labels(g).set(n)
+
+    # --- helpers ----------------------------------------------------------------
+    def now_ms(self) -> int:
+        """The clock's time in ms."""
+        return int(self.clock.now() * 1000)
+
+    def _store(self) -> TimerStore:
+        if self.store is None:
+            raise RuntimeError("SlaWorker is not started: call start() first")
+        return self.store
+
+    def _redis_client(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("SlaWorker is not started: call start() first")
+        return self._redis
+
+    async def _send(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        if not records:
+            return
+        producer = self._producer
+        if producer is None:
+            raise BrokerUnavailable("SlaWorker is not started: call start() first")
+        try:
+            futures = [await producer.send(topic, v, key=k) for k, v in records]
+            await asyncio.wait_for(asyncio.gather(*futures), self.settings.produce_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka did not acknowledge {len(records)} record(s) on {topic} ({exc!r})"
+            ) from exc
+
+    @staticmethod
+    def _dead_letter(rec: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> bytes:
+        value = rec.value or b""
+        return orjson.dumps({
+            "reason": reason,
+            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+            "value_b64": base64.b64encode(value).decode(),
+            "failed_at_ms": now_ms,
+            "stage": "sla",
+        })
+
