@@ -23,8 +23,9 @@ def default_installers() -> list[Installer]:
     from adapters.phone import install as phone
     from adapters.wechat import install as wechat
     from adapters.wecom import install as wecom
+    from router.agent_api import install as agent_api
 
-    installers: list[Installer] = [generic, wechat, wecom, douyin, phone]
+    installers: list[Installer] = [generic, wechat, wecom, douyin, phone, agent_api]
     return installers
 
 

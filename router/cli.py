@@ -194,6 +194,54 @@ def run(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> No
 
 
 @app.command()
+def sla(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
+    """Run the SLA worker: deadlines, warnings, breaches, escalation, surge signals."""
+    from sla import run_sla
+
+    _logging(loglevel)
+    try:
+        asyncio.run(run_sla(_settings()))
+    except RouterError as exc:
+        raise _fail(exc) from None
+
+
+@app.command("bench-tagger")
+def bench_tagger(
+    seconds: Annotated[float, typer.Option(min=0.2, help="seconds per method")] = 2.0,
+    config: ConfigDirOpt = None,
+) -> None:
+    """Tagger msgs/s on the bundled messages vs a regex alternation and a per-keyword loop."""
+    from router.corpus import bundled_texts
+    from skills.tagger_bench import run_tagger_bench
+
+    path = (config or default_config_dir()) / "taxonomy.yaml"
+    try:
+        result = run_tagger_bench(bundled_texts(), seconds, taxonomy_path=path)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    typer.echo(orjson.dumps(result).decode())
+
+
+@app.command()
+def coverage(
+    csv_path: Annotated[Path, typer.Argument(help="labelled CSV (see docs/taxonomy.md)",
+                                             dir_okay=False)],
+    config: ConfigDirOpt = None,
+    split: Annotated[str | None, typer.Option(help="only rows of this split")] = None,
+) -> None:
+    """Share of labelled complaints that get a category, and of praise that gets one."""
+    from skills.tagger_bench import coverage_report
+
+    path = (config or default_config_dir()) / "taxonomy.yaml"
+    try:
+        result = coverage_report(csv_path, taxonomy_path=path, split=split)
+    except (ConfigError, OSError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(orjson.dumps(result).decode())
+
+
+@app.command()
 def demo(
     messages: Annotated[int, typer.Option(min=1, max=5000, help="messages to replay")] = 400,
     keep_running: Annotated[bool, typer.Option(help="leave the stack up until Ctrl-C")] = False,

@@ -84,10 +84,19 @@ async def serve(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, with_http: bool, loglevel: str = "info") -> None:
-    """``omniroute worker`` (router only) or ``omniroute run`` (router + HTTP ingest)."""
+    """``omniroute worker`` (router only) or ``omniroute run`` (router + HTTP ingest + SLA)."""
     registry = CollectorRegistry()
     app, runtime = create_worker_app(settings, registry)
     if with_http:
+        from sla import SlaWorker
+
+        sla_worker = SlaWorker(settings, registry)
+
+        async def sla_task() -> None:
+            async with sla_worker:
+                await sla_worker.run()
+
+        app.task(sla_task)
 
         async def ingest() -> None:
             async with http_ingest(settings, registry):
