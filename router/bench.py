@@ -5,14 +5,16 @@
     prioritise, route, atomic Redis enqueue, produce the decision, commit).
 Both read the same N envelopes built from the bundled real messages, with the
 same batch size, and are timed from their first record to their last commit.
-Latency (p50/p99) comes from a third, paced phase: messages published at half
-the measured router rate, each timed from its publication to its decision.
+Latency (p50/p99) comes from a third, paced phase: another process publishes
+messages at half the measured router rate; each is timed from its publication to
+its decision record on omni.routed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import statistics
 import time
 import uuid
@@ -136,48 +138,69 @@ async def _router_phase(
         router.prepare = original  # type: ignore[method-assign]  # restore
 
 
+def _paced_publisher(bootstrap: str, topic: str, rate: float, count: int) -> None:
+    """Child process: publish ``count`` envelopes at ``rate``/s, stamping each on publish."""
+
+    async def publish() -> None:
+        texts = bundled_texts()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        try:
+            start = time.perf_counter()
+            for i in range(count):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                env = demo_envelope(10_000_000 + i, texts[i % len(texts)],
+                                    int(time.time() * 1000))
+                await producer.send(topic, env.to_json(), key=env.conversation_id.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+
+
 async def _latency_phase(settings: Settings, router: BatchRouter, rate: float) -> list[float]:
-    texts = bundled_texts()
-    inbound = settings.topic(topics.INBOUND)
-    routed = settings.topic(topics.ROUTED)
-    watcher = AIOKafkaConsumer(routed, bootstrap_servers=settings.kafka_bootstrap,
-                               auto_offset_reset="latest", group_id=None,
-                               fetch_max_wait_ms=settings.fetch_max_wait_ms)
-    await watcher.start()
-    await watcher.seek_to_end()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                linger_ms=0)
-    await producer.start()
+    """Publish -> decision on omni.routed, in ms, at a fixed rate from another process.
+
+    The publisher runs in a child process so that it does not take CPU from the
+    router; the latency of each message is the timestamp of its decision record
+    on omni.routed minus the time it was published (``received_at_ms``).
+    """
+    ids = {demo_envelope(10_000_000 + i, "-", 0).id for i in range(LATENCY_MESSAGES)}
     target = router.processed + LATENCY_MESSAGES
     task = asyncio.create_task(router.run())
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
+    child = multiprocessing.get_context("spawn").Process(
+        target=_paced_publisher,
+        args=(settings.kafka_bootstrap, settings.topic(topics.INBOUND), rate, LATENCY_MESSAGES),
+    )
+    child.start()
     try:
-        interval = 1.0 / rate
-        start = time.perf_counter()
-        for i in range(LATENCY_MESSAGES):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            env = demo_envelope(10_000_000 + i, texts[i % len(texts)], int(time.time() * 1000))
-            sent[env.id] = time.perf_counter()
-            await producer.send(inbound, env.to_json(), key=env.conversation_id.encode())
-        await producer.flush()
-        deadline = time.perf_counter() + 60
-        while len(latencies) < LATENCY_MESSAGES and time.perf_counter() < deadline:
-            batch = await watcher.getmany(timeout_ms=200)
-            now = time.perf_counter()
-            for recs in batch.values():
-                for rec in recs:
-                    mid = orjson.loads(rec.value)["message_id"]
-                    if mid in sent:
-                        latencies.append((now - sent.pop(mid)) * 1000)
-        while router.processed < target and not task.done():
-            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 120
+        while router.processed < target and time.monotonic() < deadline:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
     finally:
         router.request_stop()
         await task
-        await producer.stop()
+        await asyncio.to_thread(child.join, 30)
+    watcher = AIOKafkaConsumer(settings.topic(topics.ROUTED),
+                               bootstrap_servers=settings.kafka_bootstrap,
+                               auto_offset_reset="earliest", group_id=None)
+    await watcher.start()
+    latencies: list[float] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(latencies) < LATENCY_MESSAGES and time.monotonic() < deadline:
+            batch = await watcher.getmany(timeout_ms=500, max_records=10_000)
+            for recs in batch.values():
+                for rec in recs:
+                    d = orjson.loads(rec.value)
+                    if d["message_id"] in ids:
+                        latencies.append(float(rec.timestamp - d["received_at_ms"]))
+    finally:
         await watcher.stop()
     return latencies
 

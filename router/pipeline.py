@@ -105,7 +105,9 @@ class Pipeline:
             agent = facts.sticky_agent
             explain.append(f"sticky: preferred agent {agent}")
         overflow_from: str | None = None
-        if depths is not None:
+        group = self._groups[target]
+        if depths is not None and (depths.get(target, 0) >= group.max_queue
+                                   or group.capacity == 0):
             target, overflow_from = self._overflow(target, rule.fallbacks, depths, explain)
             if overflow_from is not None:
                 explain.append(f"overflow {overflow_from} -> {target}")

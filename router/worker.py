@@ -22,6 +22,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from router.exceptions import InvalidEnvelope
 from router.metrics import RouterMetrics
 from router.models import Decision, Envelope
 from router.pipeline import Pipeline
+from router.produce import produce_keyed
 from router.settings import Settings
 from skills.queues import QueueStore, depths_of
 
@@ -276,47 +278,55 @@ class BatchRouter:
             raise RuntimeError("BatchRouter.finish() needs start() first")
         decisions = prepared.decisions
         stored = await self.store.enqueue(decisions, prepared.encoded)
-        futures: list[Any] = []
         duplicates = 0
-        send = producer.send
-        routed = self.routed
+        out: list[tuple[bytes, bytes]] = []
         for decision, value, prior in zip(decisions, prepared.encoded, stored, strict=True):
             if prior is not None:
                 duplicates += 1
                 value = prior
-            futures.append(await send(routed, value, key=decision.conversation_id.encode()))
+            out.append((decision.conversation_id.encode(), value))
+        dead: list[tuple[bytes, bytes]] = []
         for rec, reason in prepared.dead:
             log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         reason)
-            futures.append(
-                await send(self.dead_letter, _dead_letter(rec, reason, prepared.now_ms),
-                           key=rec.key)
-            )
-        if futures:
-            await asyncio.gather(*futures)
+            dead.append((rec.key or b"", _dead_letter(rec, reason, prepared.now_ms)))
+        await asyncio.gather(produce_keyed(producer, self.routed, out),
+                             produce_keyed(producer, self.dead_letter, dead))
         self._observe(prepared, stored, duplicates)
         self.processed += prepared.records
         return BatchResult(prepared.records, len(decisions) - duplicates, duplicates,
                            len(prepared.dead))
 
     def _observe(self, prepared: Prepared, stored: Sequence[bytes | None], duplicates: int) -> None:
-        """Metrics, only once the effects are durable."""
+        """Metrics, only once the effects are durable; counted per label set, not per message."""
         m = self.metrics
         m.batch_size.observe(prepared.records)
-        for env in prepared.envelopes:
-            m.messages_in.labels(env.channel.value).inc()
+        channels = Counter(env.channel.value for env in prepared.envelopes)
+        for channel, count in channels.items():
+            m.messages_in.labels(channel).inc(count)
+        decided: Counter[tuple[str, str]] = Counter()
+        overflowed: Counter[str] = Counter()
+        latency: dict[str, list[float]] = defaultdict(list)
         for decision, prior in zip(prepared.decisions, stored, strict=True):
             if prior is None:
-                m.decisions.labels(decision.skill_group, decision.priority.band.value).inc()
-                m.decision_latency.labels(decision.channel.value).observe(
+                decided[(decision.skill_group, decision.priority.band.value)] += 1
+                latency[decision.channel.value].append(
                     max(0.0, (decision.decided_at_ms - decision.received_at_ms) / 1000)
                 )
                 if decision.overflow_from:
-                    m.overflows.labels(decision.overflow_from).inc()
+                    overflowed[decision.overflow_from] += 1
+        for (group, band), count in decided.items():
+            m.decisions.labels(group, band).inc(count)
+        for channel, values in latency.items():
+            histogram = m.decision_latency.labels(channel)
+            for value in values:
+                histogram.observe(value)
+        for group, count in overflowed.items():
+            m.overflows.labels(group).inc(count)
         if duplicates:
             m.duplicates.inc(duplicates)
-        for _rec, reason in prepared.dead:
-            m.dead_letters.labels(reason.split(":", 1)[0]).inc()
+        for reason, count in Counter(r.split(":", 1)[0] for _rec, r in prepared.dead).items():
+            m.dead_letters.labels(reason).inc(count)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -78,6 +78,13 @@ class PrioritySettings(BaseModel):
         return bands
 
 
+class _TagInfo(NamedTuple):
+    points: float
+    reason: str
+    compliance: bool
+    emergency: bool
+
+
 def _under(tag_id: str, roots: Sequence[str]) -> bool:
     return any(tag_id == r or tag_id.startswith(r + ".") for r in roots)
 
@@ -87,11 +94,26 @@ class PriorityModel:
 
     def __init__(self, cfg: PrioritySettings, taxonomy: Taxonomy) -> None:
         self.cfg = cfg
-        self._taxonomy = taxonomy
         self._emotion_weights: Mapping[str, float] = {
             eid: e.weight for eid, e in taxonomy.emotions.items()
         }
         self._bands = sorted(cfg.bands.items(), key=lambda kv: kv[0].rank)
+        # Everything that depends only on the configuration is computed once here,
+        # reason strings included: the hot path only looks things up.
+        self._tags: dict[str, _TagInfo] = {}
+        for tag_id in taxonomy.tag_ids():
+            leaf = taxonomy.leaf(tag_id)
+            pts = leaf.urgency * leaf.importance * cfg.points_per_step
+            self._tags[tag_id] = _TagInfo(
+                pts,
+                f"{tag_id} ({leaf.name}): urgency {leaf.urgency} x importance "
+                f"{leaf.importance} -> +{pts:g}",
+                _under(tag_id, cfg.compliance_tags),
+                _under(tag_id, cfg.emergency_tags),
+            )
+        self._tier_reasons = {t: f"customer tier {t} -> +{p:g}" for t, p in cfg.tiers.items() if p}
+        self._sync_reason = f"synchronous channel {{}} -> +{cfg.synchronous_points:g}"
+        self._repeat_nth = cfg.repeat.contacts
 
     def tier_of(self, env: Envelope, redis_tier: str | None) -> str:
         """Redis tier wins over the tier the channel declared; else the default."""
@@ -110,23 +132,26 @@ class PriorityModel:
         cfg = self.cfg
         reasons: list[str] = []
         score = 0.0
-        best: tuple[float, str] | None = None
+        best: _TagInfo | None = None
+        legal: list[str] = []
+        emergency: list[str] = []
         for hit in tags:
-            try:
-                leaf = self._taxonomy.leaf(hit.id)
-            except KeyError:
+            info = self._tags.get(hit.id)
+            if info is None:
                 continue
-            pts = leaf.urgency * leaf.importance * cfg.points_per_step
-            if best is None or pts > best[0]:
-                best = (pts, f"{hit.id} ({leaf.name}): urgency {leaf.urgency} x importance "
-                             f"{leaf.importance} -> +{pts:g}")
+            if best is None or info.points > best.points:
+                best = info
+            if info.compliance:
+                legal.append(hit.id)
+            if info.emergency:
+                emergency.append(hit.id)
         if best is not None:
-            score += best[0]
-            reasons.append(best[1])
-        tier_pts = cfg.tiers.get(tier, 0.0)
-        if tier_pts:
-            score += tier_pts
-            reasons.append(f"customer tier {tier} -> +{tier_pts:g}")
+            score += best.points
+            reasons.append(best.reason)
+        tier_reason = self._tier_reasons.get(tier)
+        if tier_reason is not None:
+            score += cfg.tiers[tier]
+            reasons.append(tier_reason)
         amount = env.order.amount if env.order else None
         if amount is not None and amount >= cfg.high_value.amount and cfg.high_value.points:
             score += cfg.high_value.points
@@ -134,12 +159,11 @@ class PriorityModel:
                 f"order amount {amount:g} >= {cfg.high_value.amount:g} yuan -> "
                 f"+{cfg.high_value.points:g}"
             )
-        legal = [t.id for t in tags if _under(t.id, cfg.compliance_tags)]
         if legal and cfg.compliance_points:
             score += cfg.compliance_points
             reasons.append(f"compliance risk ({', '.join(legal)}) -> +{cfg.compliance_points:g}")
         nth = prior_contacts + 1
-        if nth >= cfg.repeat.contacts and cfg.repeat.points:
+        if nth >= self._repeat_nth and cfg.repeat.points:
             score += cfg.repeat.points
             reasons.append(
                 f"repeat contact: contact #{nth} within {cfg.repeat.window_s:g} s -> "
@@ -150,17 +174,14 @@ class PriorityModel:
             if w:
                 score += w
                 reasons.append(f"emotion {emo.id} ({'、'.join(emo.keywords[:3])}) -> +{w:g}")
-        if env.synchronous and cfg.synchronous_points:
+        if cfg.synchronous_points and env.synchronous:
             score += cfg.synchronous_points
-            reasons.append(
-                f"synchronous channel {env.channel.value} -> +{cfg.synchronous_points:g}"
-            )
+            reasons.append(self._sync_reason.format(env.channel.value))
         for hint in env.hints:
             pts = cfg.hint_points.get(hint, 0.0)
             if pts:
                 score += pts
                 reasons.append(f"channel hint {hint} -> +{pts:g}")
-        emergency = [t.id for t in tags if _under(t.id, cfg.emergency_tags)]
         if emergency:
             reasons.append(f"personal-safety emergency ({', '.join(emergency)}) -> P0")
             return Priority(score=round(score, 2), band=Band.P0, reasons=tuple(reasons))
