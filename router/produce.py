@@ -10,6 +10,7 @@ partition.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 __all__ = ["produce_keyed"]
+
+# murmur2 is pure Python in aiokafka (~4 us); conversation keys repeat, so remember them.
+_hash = functools.lru_cache(maxsize=65_536)(murmur2)
 
 
 async def produce_keyed(
@@ -29,7 +33,7 @@ async def produce_keyed(
     count = len(partitions)
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, value in records:
-        p = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+        p = partitions[(_hash(key) & 0x7FFFFFFF) % count]
         by_partition.setdefault(p, []).append((key, value))
     futures: list[Any] = []
     for partition, items in by_partition.items():
