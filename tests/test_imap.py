@@ -191,11 +191,11 @@ def imap_settings(server: Dovecot, **extra: Any) -> EmailSettings:
 
 
 async def make_poller(settings: Settings, redis: Redis | None,
-                      server: Dovecot) -> tuple[ImapPoller, EnvelopeProducer]:
+                      server: Dovecot, **extra: Any) -> tuple[ImapPoller, EnvelopeProducer]:
     producer = EnvelopeProducer(settings)
     ctx = AdapterContext(settings=settings, sink=producer,
                          metrics=AdapterMetrics(CollectorRegistry()), redis=redis)
-    return ImapPoller(ctx, imap_settings(server)), producer
+    return ImapPoller(ctx, imap_settings(server, **extra)), producer
 
 
 @pytest.fixture
@@ -295,8 +295,16 @@ async def test_mail_stays_unseen_while_the_broker_is_down(
 
 
 async def test_reconnects_after_the_server_restarts(
-    poller: ImapPoller, dovecot: Dovecot, topics_ready: Settings
+    dovecot: Dovecot, topics_ready: Settings, aredis: Redis
 ) -> None:
+    # Mail appended between the poller's UNSEEN search and its IDLE is only seen
+    # when the IDLE period ends: keep that period short here (see docs).
+    p, producer = await make_poller(topics_ready, aredis, dovecot, OMNI_IMAP_IDLE_S=2)
+    async with producer, p:
+        await _reconnects(p, dovecot, topics_ready)
+
+
+async def _reconnects(poller: ImapPoller, dovecot: Dovecot, topics_ready: Settings) -> None:
     await asyncio.wait_for(poller.connected.wait(), 10)
     await asyncio.to_thread(dovecot.stop)
     await eventually(lambda: not poller.connected.is_set())
