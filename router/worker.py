@@ -172,10 +172,6 @@ class BatchRouter:
         """Ask ``run`` to return after the batch in hand is committed (SIGTERM drain)."""
         self._stopping.set()
 
-    def update_depths(self, depths: dict[str, int]) -> None:
-        """Queue depths for overflow decisions (refreshed by the stats loop)."""
-        self._depths = depths
-
     async def refresh_stats(self) -> None:
         """Read queue depth / oldest age into the gauges and the overflow view."""
         stats = await self.store.stats(int(self.clock() * 1000))
@@ -327,14 +323,3 @@ class BatchRouter:
             m.duplicates.inc(duplicates)
         for reason, count in Counter(r.split(":", 1)[0] for _rec, r in prepared.dead).items():
             m.dead_letters.labels(reason).inc(count)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    """Poll ``predicate`` until true or the deadline (used by the CLI's demo)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
-
