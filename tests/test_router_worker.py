@@ -91,6 +91,17 @@ async def test_messages_reach_exactly_one_queue_in_priority_then_age_order(
     assert await aredis.zrange(keys.queue("general"), 0, -1) == [
         envs[0].id.encode(), envs[4].id.encode()
     ]
+    # queue gauges: depth and the age of the oldest waiting message per group
+    registry = router.metrics.registry
+    router.clock = lambda: (envs[0].received_at_ms + 90_000) / 1000
+    await router.refresh_stats()
+    assert registry.get_sample_value("omni_queue_depth", {"skill_group": "general"}) == 2
+    assert registry.get_sample_value(
+        "omni_queue_oldest_age_seconds", {"skill_group": "general"}
+    ) == pytest.approx(90.0)
+    assert registry.get_sample_value(
+        "omni_decisions_total", {"skill_group": "emergency", "band": "P0"}
+    ) == 1
 
 
 async def test_poison_records_go_to_dead_letter_and_the_partition_keeps_flowing(
