@@ -37,6 +37,21 @@ class ImapError(RouterError, ConnectionError):
     """The IMAP server refused a command or went away; the poller reconnects."""
 
 
+async def _bounded(aw: Any, timeout_s: float, what: str) -> Any:
+    """Await ``aw`` for at most ``timeout_s``, then give up on it without waiting.
+
+    ``asyncio.wait_for`` waits for the cancelled awaitable to finish; aioimaplib's
+    command futures on a dead connection may never do so, which would hang the
+    poller instead of reconnecting.
+    """
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        raise ImapError(f"{what} did not complete within {timeout_s:g} s")
+    return task.result()
+
+
 def _check(response: Any, what: str) -> Any:
     if response.result != "OK":
         detail = b" ".join(bytes(x) for x in response.lines[-1:]).decode(errors="replace")
@@ -82,6 +97,7 @@ class ImapPoller:
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
         self._lost = False
+        self._lost_event = asyncio.Event()  # set with _lost: wakes a waiting IDLE
         self._stopping = False
         self.account = (config.imap_account or config.imap_user).lower()
         self.connects = 0  # successful logins (1 + reconnects)
@@ -131,6 +147,7 @@ class ImapPoller:
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._lost_event.set()
         self.connected.clear()
         client = self._client
         if client is not None:
@@ -143,6 +160,7 @@ class ImapPoller:
         if cfg.imap_ssl:
             ssl_context = self._ssl or ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         self._lost = False
+        self._lost_event.clear()
         client = aioimaplib.IMAP4(
             host=cfg.imap_host,
             port=cfg.imap_port,
@@ -166,7 +184,7 @@ class ImapPoller:
         with contextlib.suppress(Exception):
             if client.has_pending_idle():
                 client.idle_done()
-            await asyncio.wait_for(client.logout(), 2.0)
+            await _bounded(client.logout(), 2.0, "LOGOUT")
         with contextlib.suppress(Exception):
             if client.protocol.transport is not None:
                 client.protocol.transport.close()
@@ -196,17 +214,26 @@ class ImapPoller:
         """IDLE until the server pushes something, the IDLE period ends or the line drops."""
         if self._lost:
             raise ImapError("IMAP connection lost")
-        idle = await client.idle_start(timeout=self._config.imap_idle_s)
+        cfg = self._config
+        idle = await _bounded(client.idle_start(timeout=cfg.imap_idle_s), cfg.imap_timeout_s,
+                              "IDLE start")
+        push = asyncio.ensure_future(client.wait_server_push(timeout=cfg.imap_idle_s + 5))
+        lost = asyncio.ensure_future(self._lost_event.wait())
         try:
-            await client.wait_server_push(timeout=self._config.imap_idle_s + 5)
-        except TimeoutError:
-            pass  # re-issue IDLE
+            # whichever comes first: a push, the end of the IDLE period, a dropped line
+            await asyncio.wait({push, lost}, timeout=cfg.imap_idle_s + 5,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
+            lost.cancel()
+            if not push.done():
+                push.cancel()
+            elif not push.cancelled():
+                push.exception()  # a TimeoutError just ends the IDLE period: re-issue it
             if client.has_pending_idle():
                 client.idle_done()
         if self._lost:
             raise ImapError("IMAP connection lost while idling")
-        await asyncio.wait_for(idle, self._config.imap_timeout_s)
+        await _bounded(idle, cfg.imap_timeout_s, "IDLE")
 
     # --- mail -------------------------------------------------------------------------
 
