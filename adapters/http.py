@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
@@ -14,6 +15,7 @@ from adapters.producer import EnvelopeProducer
 __all__ = ["CONTEXT_KEY", "build_http_app", "default_installers"]
 
 CONTEXT_KEY: web.AppKey[AdapterContext] = web.AppKey("omni_context", AdapterContext)
+_PROBES = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 def default_installers() -> list[Installer]:
@@ -35,7 +37,31 @@ def build_http_app(
     """Build the aiohttp application (not started)."""
     # The body limit is enforced per route with a specific 413; aiohttp's own
     # limit is a backstop set a little higher.
-    app = web.Application(client_max_size=ctx.settings.max_body_bytes + 1024)
+    limit = ctx.settings.max_in_flight
+    in_flight = 0
+
+    @web.middleware
+    async def back_pressure(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Bounded work in progress: past the limit a request is refused at once
+        # (the channel retries) instead of queueing bodies in memory.
+        nonlocal in_flight
+        if request.path in _PROBES:
+            return await handler(request)
+        if in_flight >= limit:
+            ctx.metrics.rejected.labels("http", "-", "overloaded").inc()
+            return web.json_response(
+                {"error": "overloaded", "message": f"{limit} requests in progress; retry"},
+                status=429, headers={"Retry-After": "1"},
+            )
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    app = web.Application(
+        client_max_size=ctx.settings.max_body_bytes + 1024, middlewares=[back_pressure]
+    )
     app[CONTEXT_KEY] = ctx
 
     async def metrics(_: web.Request) -> web.Response:

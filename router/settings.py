@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     ingest_tokens: tuple[SecretStr, ...] = Field((), alias="OMNI_INGEST_TOKENS")
     ingest_hmac_secret: SecretStr | None = Field(None, alias="OMNI_INGEST_HMAC_SECRET")
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="OMNI_MAX_BODY_BYTES")
+    max_in_flight: int = Field(1000, ge=1, alias="OMNI_MAX_IN_FLIGHT")
     max_batch_messages: int = Field(500, ge=1, le=10_000, alias="OMNI_MAX_BATCH_MESSAGES")
     hmac_window_s: float = Field(300.0, gt=0, alias="OMNI_HMAC_WINDOW_S")
     produce_timeout_s: float = Field(5.0, gt=0, alias="OMNI_PRODUCE_TIMEOUT_S")

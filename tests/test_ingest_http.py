@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 import pytest
@@ -162,3 +163,46 @@ async def test_metrics_endpoint_serves_the_injected_registry(
     await client.post("/v1/messages", json=message(12), headers=AUTH)
     text = await (await client.get("/metrics")).text()
     assert 'omni_adapter_accepted_total{account="default",channel="app"} 1.0' in text
+
+
+class _GatedSink:
+    """The real producer behind a gate, to hold requests in flight."""
+
+    def __init__(self, producer: EnvelopeProducer) -> None:
+        self.producer = producer
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await self.producer.send_envelopes(envelopes)
+
+    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        await self.producer.send_records(topic, records)
+
+
+async def test_back_pressure_refuses_past_the_in_flight_limit(topics_ready: Settings) -> None:
+    settings = topics_ready.model_copy(update={"max_in_flight": 1})
+    registry = CollectorRegistry()
+    producer = EnvelopeProducer(settings)
+    sink = _GatedSink(producer)
+    client = TestClient(TestServer(build_http_app(
+        AdapterContext(settings, sink, AdapterMetrics(registry)))))
+    await client.start_server()
+    try:
+        first = asyncio.create_task(client.post("/v1/messages", json=message(20), headers=AUTH))
+        await asyncio.wait_for(sink.entered.wait(), 5)
+        second = await client.post("/v1/messages", json=message(21), headers=AUTH)
+        assert second.status == 429
+        assert second.headers["Retry-After"] == "1"
+        assert (await client.get("/healthz")).status == 200  # probes are never refused
+        sink.gate.set()
+        assert (await first).status == 202
+        assert (await client.post("/v1/messages", json=message(21), headers=AUTH)).status == 202
+    finally:
+        await client.close()
+        await producer.stop()
+    assert registry.get_sample_value(
+        "omni_adapter_rejected_total", {"channel": "http", "account": "-", "reason": "overloaded"}
+    ) == 1
