@@ -13,7 +13,7 @@ from router.models import Decision, Envelope
 from skills.config import RoutingConfig
 from skills.priority import PriorityModel
 from skills.rules import RuleSet
-from skills.tagger import Tagger
+from skills.tagger import Tagger, TagResult
 
 __all__ = ["MessageFacts", "Pipeline"]
 
@@ -74,9 +74,15 @@ class Pipeline:
         now_ms: int,
         facts: MessageFacts = NO_FACTS,
         depths: Mapping[str, int] | None = None,
+        tagged: TagResult | None = None,
     ) -> Decision:
-        """The decision for one envelope, with every reason spelled out."""
-        tagged = self.tagger.tag(env.text)
+        """The decision for one envelope, with every reason spelled out.
+
+        ``tagged``: the tagger's result for ``env.text`` when the caller already has it
+        (the worker tags a batch while its Redis facts are on the way).
+        """
+        if tagged is None:
+            tagged = self.tagger.tag(env.text)
         tier = self.priority.tier_of(env, facts.redis_tier)
         priority = self.priority.score(
             env, tagged.tags, tagged.emotions, tier, facts.prior_contacts

@@ -250,13 +250,17 @@ class BatchRouter:
                 sources.append(rec)
             except InvalidEnvelope as exc:
                 dead.append((rec, f"invalid_envelope: {exc}"))
-        facts = await self.store.facts(envelopes, now_ms)
+        # Tagging needs no Redis: do it while the facts script runs.
+        facts_call = asyncio.ensure_future(self.store.facts(envelopes, now_ms))
+        tag = pipeline.tagger.tag
+        tagged = [tag(env.text) for env in envelopes]
+        facts = await facts_call
         decisions: list[Decision] = []
         encoded: list[bytes] = []
         depths = dict(self._depths)  # local view; this batch's own enqueues count too
-        for env, fact, rec in zip(envelopes, facts, sources, strict=True):
+        for env, fact, rec, tags in zip(envelopes, facts, sources, tagged, strict=True):
             try:
-                decision = pipeline.decide(env, now_ms, fact, depths)
+                decision = pipeline.decide(env, now_ms, fact, depths, tags)
             except Exception as exc:
                 log.exception("cannot decide %r", env)
                 dead.append((rec, f"decide_failed: {type(exc).__name__}: {exc}"))
