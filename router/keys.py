@@ -69,6 +69,11 @@ class Keys:
         """Sorted set: SLA deadline member -> due epoch ms (claimed atomically by Lua)."""
         return f"{self.prefix}:{{sla}}:deadlines"
 
+    def sla_inflight(self) -> str:
+        """Sorted set: claimed deadline member -> lease expiry ms; acked once its alert is
+        produced, re-queued by any worker when the lease expires (a crash mid-fire)."""
+        return f"{self.prefix}:{{sla}}:inflight"
+
     def sla_states(self) -> str:
         """Hash: conversation id -> SLA state JSON (timers, policy, version)."""
         return f"{self.prefix}:{{sla}}:conv"

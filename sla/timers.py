@@ -27,7 +27,7 @@ from router.keys import Keys
 from router.models import Decision
 from sla._decode import as_text
 from sla.exceptions import StateConflict
-from sla.state import AgentEvent, ConvState, Fired, SlaEngine, parse_member
+from sla.state import AgentEvent, ConvState, Fired, SlaEngine, member, parse_member
 
 __all__ = ["TimerStore"]
 
@@ -78,12 +78,14 @@ return failed
 """
 
 _CLAIM = """
+-- KEYS: deadlines, states, inflight; ARGV: now ms, limit, lease expiry ms
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
                        'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for i = 1, #due, 2 do
   local m = due[i]
   if redis.call('ZREM', KEYS[1], m) == 1 then
+    redis.call('ZADD', KEYS[3], ARGV[3], m)
     local conv = string.match(m, '^[^\\31]*\\31[^\\31]*\\31[^\\31]*\\31(.*)$')
     local st = false
     if conv then st = redis.call('HGET', KEYS[2], conv) end
@@ -93,6 +95,16 @@ for i = 1, #due, 2 do
   end
 end
 return out
+"""
+
+_REQUEUE = """
+-- KEYS: inflight, deadlines; ARGV: now ms. Leases that expired: fire them again.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+for _, m in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[1], m)
+end
+return #gone
 """
 
 _PURGE = """
@@ -131,6 +143,7 @@ class TimerStore:
         self.engine = engine
         self._save = redis.register_script(_SAVE)
         self._claim = redis.register_script(_CLAIM)
+        self._requeue = redis.register_script(_REQUEUE)
         self._purge = redis.register_script(_PURGE)
 
     async def load(self, conversation_id: str) -> ConvState | None:
@@ -220,15 +233,17 @@ class TimerStore:
         )
 
     async def claim_due(
-        self, now_ms: int, limit: int = 500
+        self, now_ms: int, limit: int = 500, lease_ms: int = 60_000
     ) -> list[tuple[Fired, ConvState | None]]:
         """Atomically take every deadline due at ``now_ms`` (at most ``limit``).
 
         A member returned here was removed by this call and by no other: the caller
-        owns firing it.
+        owns firing it, under a lease of ``lease_ms``. Call :meth:`ack` once its alert
+        is produced; if the caller dies first, :meth:`requeue_expired` gives it back.
         """
         raw = await self._claim(
-            keys=[self.keys.sla_deadlines(), self.keys.sla_states()], args=[now_ms, limit]
+            keys=[self.keys.sla_deadlines(), self.keys.sla_states(), self.keys.sla_inflight()],
+            args=[now_ms, limit, now_ms + lease_ms],
         )
         out: list[tuple[Fired, ConvState | None]] = []
         parsed: dict[str, ConvState | None] = {}
@@ -238,6 +253,20 @@ class TimerStore:
                 parsed[conv] = ConvState.from_json(raw[i + 2]) if raw[i + 2] else None
             out.append((Fired(kind, stage, gen, conv, int(float(raw[i + 1]))), parsed[conv]))
         return out
+
+    async def ack(self, fired: Sequence[Fired]) -> None:
+        """The alerts of these claimed deadlines are produced: end their leases."""
+        if fired:
+            await self.redis.zrem(
+                self.keys.sla_inflight(),
+                *(member(f.kind, f.stage, f.gen, f.conversation_id) for f in fired),
+            )
+
+    async def requeue_expired(self, now_ms: int) -> int:
+        """Put deadlines whose lease expired (their claimer died) back to fire again."""
+        return int(await self._requeue(
+            keys=[self.keys.sla_inflight(), self.keys.sla_deadlines()], args=[now_ms]
+        ))
 
     async def next_due_ms(self) -> int | None:
         """Due time of the earliest deadline, if any."""

@@ -293,9 +293,18 @@ class SlaWorker:
             await self._store().purge_resolved(now - self.tombstone_ttl_ms)
 
     async def fire_due(self) -> list[dict[str, Any]]:
-        """Claim every due deadline (exactly once across workers) and produce its alert."""
+        """Claim every due deadline (exactly once across workers) and produce its alert.
+
+        A claim is a lease: the deadline is acked once its alert is on the topic. A
+        worker that dies in between leaves the lease to expire, and the next tick of
+        any worker fires it again (the alert keeps its ``alert_id``, so consumers can
+        drop the rare duplicate).
+        """
         store = self._store()
         produced: list[dict[str, Any]] = []
+        requeued = await store.requeue_expired(self.now_ms())
+        if requeued:
+            log.warning("sla: %d deadline(s) whose claimer died are due again", requeued)
         while True:
             now = self.now_ms()
             claimed = await store.claim_due(now, CLAIM_LIMIT)
@@ -315,7 +324,9 @@ class SlaWorker:
                     member(f.kind, f.stage, f.gen, f.conversation_id): f.due_ms
                     for f, _ in claimed
                 }, nx=True)
+                await store.ack([f for f, _ in claimed])
                 raise
+            await store.ack([f for f, _ in claimed])
             produced += alerts
             if len(claimed) < CLAIM_LIMIT:
                 return produced

@@ -211,6 +211,23 @@ async def test_deadlines_fire_in_order_and_never_twice(store: TimerStore) -> Non
 
 
 @pytest.mark.integration
+async def test_a_claim_whose_alert_was_never_produced_fires_again(store: TimerStore) -> None:
+    await store.on_decision(decision(1, channel=Channel.LIVESTREAM))
+    claimed = await store.claim_due(T0_MS + 24 * S, lease_ms=60_000)
+    assert [(f.kind, f.stage) for f, _ in claimed] == [("first_response", "warning")]
+    # the claimer dies before producing: nothing fires until the lease runs out ...
+    assert await store.requeue_expired(T0_MS + 60 * S) == 0
+    assert [f.stage for f, _ in await store.claim_due(T0_MS + 60 * S)] == ["breach", "esc1"]
+    # ... then any worker fires it again, exactly once
+    assert await store.requeue_expired(T0_MS + 85 * S) == 1
+    again = await store.claim_due(T0_MS + 85 * S)
+    assert [(f.kind, f.stage) for f, _ in again] == [("first_response", "warning")]
+    await store.ack([f for f, _ in again])
+    assert await store.requeue_expired(T0_MS + 10_000 * S) == 2  # breach/esc1 never acked
+    assert await store.requeue_expired(T0_MS + 10_000 * S) == 0
+
+
+@pytest.mark.integration
 async def test_reply_removes_pending_deadlines(store: TimerStore, aredis: Redis) -> None:
     await store.on_decision(decision(1, channel=Channel.LIVESTREAM))
     assert await aredis.zcard(store.keys.sla_deadlines()) == 4  # warning, breach, 2 rungs
