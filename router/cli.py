@@ -180,7 +180,7 @@ def serve(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> 
 
 @app.command()
 def run(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
-    """Run every component in one process: router worker + HTTP ingest."""
+    """Run every component in one process: router worker, HTTP ingest, SLA worker."""
     from router.admin import ensure_topics
     from router.node import run_worker
 

@@ -104,3 +104,11 @@ def test_console_script_runs_as_a_module() -> None:
     result = subprocess.run([sys.executable, "-m", "router", "schema", "decision"],
                             capture_output=True, check=True, timeout=60)
     assert orjson.loads(result.stdout)["title"] == "Decision"
+
+
+def test_a_bad_environment_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNI_HTTP_PORT", "eighty")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "invalid environment setting OMNI_HTTP_PORT" in result.stderr
+    assert "'eighty'" in result.stderr
