@@ -1,1 +1,29 @@
-"""Taxonomy, keyword tagger, priority model, routing rules, skill groups, Redis queues."""
+"""Taxonomy, keyword tagger, priority model, routing rules, skill groups, Redis queues.
+
+The Redis side (``skills.queues``, ``skills.relax``) is imported from its own modules:
+it depends on the router's pipeline, which depends on this package.
+"""
+
+from skills.config import RoutingConfig, load_config
+from skills.groups import SkillGroup, SkillGroups
+from skills.priority import PriorityModel, PrioritySettings
+from skills.rules import Facts, Rule, RuleSet, When
+from skills.tagger import Tagger, TagResult
+from skills.taxonomy import Taxonomy, load_taxonomy
+
+__all__ = [
+    "Facts",
+    "PriorityModel",
+    "PrioritySettings",
+    "RoutingConfig",
+    "Rule",
+    "RuleSet",
+    "SkillGroup",
+    "SkillGroups",
+    "TagResult",
+    "Tagger",
+    "Taxonomy",
+    "When",
+    "load_config",
+    "load_taxonomy",
+]
