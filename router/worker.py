@@ -46,6 +46,7 @@ __all__ = ["BatchResult", "BatchRouter", "Prepared", "consumer_timeouts"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
+MAX_IN_FLIGHT_BATCHES = 2  # decided batches whose effects may be applying at once
 DLQ_PREVIEW_CHARS = 500
 
 
@@ -168,6 +169,13 @@ class BatchRouter:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def assigned_partitions(self) -> frozenset[int]:
+        """Partitions of omni.inbound this worker owns right now."""
+        if self._consumer is None:
+            return frozenset()
+        return frozenset(tp.partition for tp in self._consumer.assignment())
+
     def request_stop(self) -> None:
         """Ask ``run`` to return after the batch in hand is committed (SIGTERM drain)."""
         self._stopping.set()
@@ -183,42 +191,75 @@ class BatchRouter:
     async def run(self) -> None:
         """Consume until ``request_stop``/``stop``; every batch is committed after its effects.
 
-        Two batches overlap: while batch N's effects are applied (Redis script,
-        produce, commit), batch N+1 is decoded and decided. Commits stay in order,
-        because batch N+1 commits only after batch N has. If the task running this
+        Batches overlap: while the effects of up to ``MAX_IN_FLIGHT_BATCHES``
+        decided batches are applied (Redis script, produce, commit), the next batch
+        is decoded and decided. Commits stay in order: a batch commits only after
+        the one before it has. If the task running this
         is cancelled (SIGTERM), the batches in hand still finish and commit before
         the cancellation propagates (drain).
         """
         await self.start()
-        self._stopping.clear()
         consumer = self._consumer
         assert consumer is not None
-        finishing: asyncio.Future[None] | None = None
+        in_flight: list[asyncio.Future[None]] = []
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=250, max_records=self.settings.batch_max_records
-                )
+                batch = await self._poll(consumer)
                 if not any(batch.values()):
                     continue
                 records = [r for part in batch.values() for r in part]
                 prepared = await self._retrying(self.prepare, records)
-                if finishing is not None:
-                    await asyncio.shield(finishing)  # at most one batch in flight
+                while len(in_flight) >= MAX_IN_FLIGHT_BATCHES:
+                    await asyncio.shield(in_flight.pop(0))
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-                finishing = asyncio.ensure_future(self._finish_and_commit(prepared, offsets))
-            if finishing is not None:
-                await asyncio.shield(finishing)
+                previous = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.ensure_future(
+                    self._finish_and_commit(prepared, offsets, previous)))
+            for fut in in_flight:
+                await asyncio.shield(fut)
         except asyncio.CancelledError:
-            if finishing is not None:
-                await finishing
+            for fut in in_flight:
+                await fut
             raise
+        finally:
+            self._stopping.clear()  # a stop request ends this run, not the next one
 
-    async def _finish_and_commit(self, prepared: Prepared, offsets: dict[Any, int]) -> None:
+    async def _poll(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[Any, list[ConsumerRecord[bytes, bytes]]]:
+        """``getmany``, or nothing once a stop is requested: during a rebalance
+        ``getmany`` waits for the new assignment with no timeout of its own."""
+        fetch = asyncio.ensure_future(
+            consumer.getmany(timeout_ms=250, max_records=self.settings.batch_max_records)
+        )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not fetch.done():
+                fetch.cancel()
+        if fetch.cancelled() or not fetch.done():
+            return {}
+        batch: dict[Any, list[ConsumerRecord[bytes, bytes]]] = fetch.result()
+        return batch
+
+    async def _finish_and_commit(
+        self, prepared: Prepared, offsets: dict[Any, int], previous: asyncio.Future[None] | None
+    ) -> None:
         await self._retrying(self.finish, prepared)
+        if previous is not None:
+            await previous  # commits stay in batch order
         consumer = self._consumer
-        if consumer is not None:
+        if consumer is None:
+            return
+        try:
             await consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took these partitions away: the effects are durable and
+            # idempotent, and the new owner replays from the last committed offset.
+            log.warning("commit of %d partition(s) failed (%r); the new owner replays them",
+                        len(offsets), exc)
 
     async def _retrying(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
         backoff = 0.1

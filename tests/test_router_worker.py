@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -204,3 +205,60 @@ async def test_config_reload_between_batches_loses_nothing(
     versions = Counter(orjson.loads(r.value)["config_version"].split("+")[0] for r in routed)
     assert versions == {"mini-1": 50, "mini-2": 50}
     assert first_version.startswith("mini-1")
+
+
+@pytest.mark.timeout(120)
+async def test_two_workers_in_one_group_share_and_hand_over_partitions(
+    topics_ready: Settings, aredis: Redis
+) -> None:
+    settings = topics_ready.model_copy(update={"config_dir": MINI, "batch_max_records": 100})
+    keys = Keys(settings.redis_prefix)
+    n = 6000
+    envs = [envelope(i, "外卖还没到", customer=f"c{i % 300}") for i in range(n)]
+    first = _router(settings, aredis, CollectorRegistry())
+    second = _router(settings, aredis, CollectorRegistry())
+    first_task = asyncio.create_task(first.run())
+    loop = asyncio.get_running_loop()
+    second_task: asyncio.Task[None] | None = None
+
+    async def until(check: Callable[[], bool]) -> None:
+        deadline = loop.time() + 30
+        while not check():
+            assert loop.time() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    try:
+        async with EnvelopeProducer(settings) as producer:
+            for i in range(0, n, 500):
+                await producer.send_envelopes(envs[i : i + 500])
+                if i == 1000:
+                    await until(lambda: first.processed > 0)
+                    second_task = asyncio.create_task(second.run())  # rebalance mid-stream
+                if i == 2500:
+                    await until(lambda: bool(second.assigned_partitions))
+                if i == 4000:
+                    await until(lambda: second.processed > 0)
+                    first.request_stop()  # hand its partitions over mid-stream
+                    await asyncio.wait_for(first_task, 30)
+                    await first.stop()
+        deadline = loop.time() + 60
+        while True:
+            total = sum([await aredis.zcard(keys.queue(g)) for g in ("logistics", "general",
+                                                                     "senior")])
+            if total >= n or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        first.request_stop()
+        second.request_stop()
+        tasks = [t for t in (first_task, second_task) if t is not None]
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await first.stop()
+        await second.stop()
+    members: list[bytes] = []
+    for g in ("logistics", "general", "senior"):
+        members += await aredis.zrange(keys.queue(g), 0, -1)
+    assert len(members) == n, f"{len(members) - n:+d} queue entries"
+    assert set(members) == {e.id.encode() for e in envs}
+    assert first.processed > 0
+    assert second.processed > 0
