@@ -17,10 +17,12 @@ import time
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from router import topics
 from router.keys import Keys
 from router.metrics import RouterMetrics
 from router.redis_client import connect
@@ -28,7 +30,8 @@ from router.reload import PipelineHolder
 from router.settings import Settings
 from router.worker import BatchRouter
 from skills.queues import RedisQueueStore
-from skills.relax import Relaxer
+from skills.relax import Move, Relaxer
+from sla.state import AgentEvent
 
 __all__ = ["WorkerRuntime", "create_worker_app"]
 
@@ -91,14 +94,33 @@ class WorkerRuntime:
         if self.ready:
             try:
                 await self.router.refresh_stats()
-                moves = await self.relaxer.run_once(
-                    self.holder().config.routing.rules, int(time.time() * 1000)
-                )
-            except (RedisError, OSError) as exc:
+                await self.relax(int(time.time() * 1000))
+            except (RedisError, KafkaError, OSError) as exc:
                 log.warning("queue stats / relaxation: %r", exc)
-                return
-            for move in moves:
-                self.metrics.relaxations.labels(move.from_group, move.to_group).inc()
+
+    async def relax(self, now_ms: int) -> list[Move]:
+        """Move messages waiting past their rule's ``relax_after_s``; tell the SLA worker.
+
+        Each move is published on omni.agent-events as a system ``transfer``, so the
+        SLA state follows the message to its new group (policy re-evaluated).
+        """
+        moves = await self.relaxer.run_once(self.holder().config.routing.rules, now_ms)
+        events = [
+            AgentEvent(
+                type="transfer", conversation_id=m.conversation_id, agent_id="system:relax",
+                at_ms=now_ms, group=m.from_group, to_group=m.to_group,
+                message_id=m.message_id,
+                reason=f"waited {m.waited_s:.0f} s past rule {m.rule_id}'s relax_after_s",
+            )
+            for m in moves if m.conversation_id
+        ]
+        await self.router.publish(
+            self.settings.topic(topics.AGENT_EVENTS),
+            [(e.conversation_id.encode(), e.to_json()) for e in events],
+        )
+        for move in moves:
+            self.metrics.relaxations.labels(move.from_group, move.to_group).inc()
+        return moves
 
 
 def create_worker_app(

@@ -169,6 +169,12 @@ class BatchRouter:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce keyed records (acks=all) with the worker's producer."""
+        if self._producer is None:
+            raise RuntimeError("BatchRouter.publish() needs start() first")
+        await produce_keyed(self._producer, topic, records)
+
     @property
     def assigned_partitions(self) -> frozenset[int]:
         """Partitions of omni.inbound this worker owns right now."""

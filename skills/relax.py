@@ -44,6 +44,7 @@ class Move:
     """One relaxation that happened."""
 
     message_id: str
+    conversation_id: str
     rule_id: str
     from_group: str
     to_group: str
@@ -92,7 +93,8 @@ class Relaxer:
             message_id = member.decode() if isinstance(member, bytes) else member
             dkey = self.keys.decision(message_id)
             raw = await self.redis.hget(dkey, "decision")
-            if raw is None or orjson.loads(raw).get("rule_id") != rule.id:
+            decided = orjson.loads(raw) if raw is not None else {}
+            if decided.get("rule_id") != rule.id:
                 continue  # routed by another rule (or expired): not this rule's to relax
             waited_s = (now_ms - score % BAND_SPAN) / 1000
             note = f"relaxed after {waited_s:.0f} s: {group} -> {to_group} (rule {rule.id})"
@@ -102,6 +104,7 @@ class Relaxer:
             )
             if moved == 1:
                 await self.redis.sadd(self.keys.groups(), to_group)
-                moves.append(Move(message_id, rule.id, group, to_group, waited_s))
+                moves.append(Move(message_id, str(decided.get("conversation_id", "")), rule.id,
+                                  group, to_group, waited_s))
                 log.info("%s %s", message_id, note)
         return moves

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from router import topics
+from router.app import WorkerRuntime
 from router.keys import Keys
 from router.pipeline import Pipeline
 from router.settings import Settings
@@ -12,7 +19,7 @@ from skills.config import load_config
 from skills.queues import RedisQueueStore
 from skills.relax import Relaxer
 from skills.rules import Rule
-from tests.helpers import envelope
+from tests.helpers import consume, envelope
 from tests.test_routing_logic import MINI
 
 pytestmark = pytest.mark.integration
@@ -52,3 +59,34 @@ async def test_waiting_messages_move_along_the_fallbacks_once(
     await aredis.zrem(keys.queue("logistics"), fresh.id)
     assert await relaxer.run_once((rule,), now_ms=T0 + 200_000) == []
     assert await aredis.zscore(keys.queue("general"), fresh.id) is None
+
+
+async def test_the_worker_tells_the_sla_worker_about_each_move(
+    topics_ready: Settings, aredis: Redis, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "cfg"
+    shutil.copytree(MINI, cfg)
+    routing = cfg / "routing.yaml"
+    routing.write_text(routing.read_text(encoding="utf-8").replace(
+        "target: logistics, fallbacks: [general]}",
+        "target: logistics, fallbacks: [general], relax_after_s: 30}"), encoding="utf-8")
+    settings = topics_ready.model_copy(update={"config_dir": cfg})
+    runtime = WorkerRuntime(settings, CollectorRegistry())
+    waiting = envelope(7, "外卖还没到", received_at_ms=T0)
+    decision = runtime.holder().decide(waiting, T0)
+    await runtime.store.enqueue([decision], [decision.to_json()])
+    await runtime.router.start()
+    try:
+        moves = await runtime.relax(T0 + 31_000)
+    finally:
+        await runtime.router.stop()
+        await runtime.redis.aclose()
+    assert [(m.message_id, m.to_group) for m in moves] == [(waiting.id, "general")]
+    records = await consume(settings.kafka_bootstrap, settings.topic(topics.AGENT_EVENTS), 1)
+    event = orjson.loads(records[0].value)
+    assert (event["type"], event["conversation_id"], event["group"], event["to_group"]) == (
+        "transfer", waiting.conversation_id, "logistics", "general"
+    )
+    assert runtime.metrics.registry.get_sample_value(
+        "omni_relaxations_total", {"from_group": "logistics", "to_group": "general"}
+    ) == 1
