@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,5 +54,3 @@ class AdapterContext:
 
 #: A channel module's ``install(app, ctx)``: adds its routes (and startup hooks) to the app.
 Installer = Callable[[web.Application, AdapterContext], None]
-#: Readiness probe used by /readyz.
-ReadyCheck = Callable[[], Awaitable[bool]]

@@ -19,7 +19,6 @@ failures retry the same batch with backoff instead of skipping it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import Counter, defaultdict
@@ -27,12 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from router import topics
+from router.dead_letter import dead_letter_record
 from router.exceptions import InvalidEnvelope
 from router.metrics import RouterMetrics
 from router.models import Decision, Envelope
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
 MAX_IN_FLIGHT_BATCHES = 2  # decided batches whose effects may be applying at once
-DLQ_PREVIEW_CHARS = 500
 
 
 def consumer_timeouts(settings: Settings) -> dict[str, int]:
@@ -79,20 +77,6 @@ class BatchResult:
     routed: int
     duplicates: int
     dead_letters: int
-
-
-def _dead_letter(record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> bytes:
-    value = record.value or b""
-    return orjson.dumps({
-        "reason": reason,
-        "source": {"topic": record.topic, "partition": record.partition,
-                   "offset": record.offset},
-        "key_b64": base64.b64encode(record.key).decode() if record.key else None,
-        "value_b64": base64.b64encode(value).decode(),
-        "value_preview": value[:DLQ_PREVIEW_CHARS * 4].decode("utf-8", "replace")[
-            :DLQ_PREVIEW_CHARS],
-        "failed_at_ms": now_ms,
-    })
 
 
 class BatchRouter:
@@ -278,10 +262,6 @@ class BatchRouter:
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
-    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> BatchResult:
-        """Route one batch without committing (steps 1-5); raises on Redis/broker failure."""
-        return await self.finish(await self.prepare(records))
-
     async def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Steps 1-3: decode, read facts, decide. No effect anywhere yet."""
         pipeline = self._pipeline()
@@ -336,7 +316,8 @@ class BatchRouter:
         for rec, reason in prepared.dead:
             log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
                         reason)
-            dead.append((rec.key or b"", _dead_letter(rec, reason, prepared.now_ms)))
+            dead.append((rec.key or b"",
+                         dead_letter_record(rec, reason, prepared.now_ms, "router")))
         await asyncio.gather(produce_keyed(producer, self.routed, out),
                              produce_keyed(producer, self.dead_letter, dead))
         self._observe(prepared, stored, duplicates)

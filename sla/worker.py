@@ -17,7 +17,6 @@ closes surge windows (``omni.surge``) and refreshes the gauges. Tests drive
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router import topics
+from router.dead_letter import dead_letter_record
 from router.exceptions import BrokerUnavailable
 from router.keys import Keys
 from router.redis_client import connect
@@ -254,7 +254,7 @@ class SlaWorker:
                     self.metrics.events.labels("signals", "ok").inc()
             except (ValueError, TypeError, KeyError) as exc:
                 self.metrics.events.labels(rec.topic.rsplit(".", 1)[-1], "invalid").inc()
-                dead.append((rec.key or b"", self._dead_letter(rec, f"sla: {exc}", now_ms)))
+                dead.append((rec.key or b"", dead_letter_record(rec, f"sla: {exc}", now_ms, "sla")))
         await store.apply_batch(changes)
         for index, scopes in arrivals.items():
             await self.surge.record(index * self.surge.window_ms, scopes)
@@ -493,15 +493,4 @@ class SlaWorker:
             raise BrokerUnavailable(
                 f"Kafka did not acknowledge {len(records)} record(s) on {topic} ({exc!r})"
             ) from exc
-
-    @staticmethod
-    def _dead_letter(rec: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> bytes:
-        value = rec.value or b""
-        return orjson.dumps({
-            "reason": reason,
-            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-            "value_b64": base64.b64encode(value).decode(),
-            "failed_at_ms": now_ms,
-            "stage": "sla",
-        })
 

@@ -133,6 +133,8 @@ async def test_poison_records_go_to_dead_letter_and_the_partition_keeps_flowing(
     assert reasons[0].startswith("invalid_envelope: field 'channel' must be one of")
     assert reasons[1].startswith("invalid_envelope: not JSON")
     assert all(orjson.loads(r.value)["source"]["topic"] == inbound for r in dead)
+    assert all(orjson.loads(r.value)["stage"] == "router" for r in dead)
+    assert orjson.loads(dead[0].value)["value_b64"]  # the original bytes are kept
     depth = await aredis.zcard(Keys(settings.redis_prefix).queue("logistics"))
     general = await aredis.zcard(Keys(settings.redis_prefix).queue("general"))
     assert depth + general == len(good)  # logistics max_queue 3 overflows to general
