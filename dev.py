@@ -21,6 +21,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 STAMP = VENV / ".omniroute-installed"
+SOURCES = ("omniroute", "router", "adapters", "skills", "sla")
 
 
 def run(*cmd: str | Path) -> None:
@@ -54,14 +55,15 @@ def main(argv: list[str]) -> None:
     if task == "demo":
         run(BIN / "omniroute", "demo", *rest)
     elif task == "test":
-        run(BIN / "ruff", "check", "router", "adapters", "skills", "sla", "tests", "dev.py")
+        run(BIN / "ruff", "check", *SOURCES, "tests", "dev.py")
+        run(BIN / "lint-imports")  # the layers: see [tool.importlinter] in pyproject.toml
         run(BIN / "mypy")
         run(PY, "-m", "pytest", *rest)
     elif task == "bench":
         run(BIN / "omniroute", "bench", *rest)
     elif task == "lint":
-        run(BIN / "ruff", "check", ".")
-        run(BIN / "ruff", "format", "--check", ".")
+        run(BIN / "ruff", "check", *SOURCES, "tests", "dev.py")
+        run(BIN / "lint-imports")
         run(BIN / "mypy")
     else:
         print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)

@@ -1,20 +1,11 @@
-"""Channel edge: verify, parse, normalise, mask PII, dedupe, produce to Kafka."""
+"""Channel edge: verify, parse, normalise, mask PII, dedupe, produce to Kafka.
 
-from adapters.context import AdapterContext, Clock, SystemClock
-from adapters.exceptions import AdapterError, BadRequest, PayloadTooLarge, Unauthorized
-from adapters.http import build_http_app, default_installers
-from adapters.producer import EnvelopeProducer, EnvelopeSink
+Each channel is a subpackage with the same role-named modules
+(``config``, ``verify``, ``parse``, ``adapter``); what they share sits beside them
+(``dedupe``, ``pii``, ``http``). The shared HTTP context, errors and producer are
+message-contract pieces and live in ``router``.
+"""
 
-__all__ = [
-    "AdapterContext",
-    "AdapterError",
-    "BadRequest",
-    "Clock",
-    "EnvelopeProducer",
-    "EnvelopeSink",
-    "PayloadTooLarge",
-    "SystemClock",
-    "Unauthorized",
-    "build_http_app",
-    "default_installers",
-]
+from .http import build_http_app, channel_installers, ingest_readiness
+
+__all__ = ["build_http_app", "channel_installers", "ingest_readiness"]

@@ -34,10 +34,10 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from adapters.producer import EnvelopeSink
-from router.exceptions import BrokerUnavailable
-from router.keys import Keys
-from router.models import Envelope
+from ..router.exceptions import BrokerUnavailable
+from ..router.keys import Keys
+from ..router.models import Envelope
+from ..router.producer import EnvelopeSink
 
 __all__ = ["DEFAULT_DEDUPE_TTL_S", "Deduper", "Produced", "produce_once"]
 
@@ -53,7 +53,7 @@ class Deduper:
 
     Args:
         redis: An asyncio Redis client (shared; not closed here).
-        keys: The key builder (``AdapterContext.keys``).
+        keys: The key builder (``HttpContext.keys``).
         ttl_s: Seconds a mark lives.
     """
 

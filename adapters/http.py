@@ -6,33 +6,51 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
-from adapters.context import AdapterContext, Installer
-from adapters.producer import EnvelopeProducer
+from ..router.http import (
+    CONTEXT_KEY,
+    HttpContext,
+    Installer,
+    Readiness,
+    ReadyCheck,
+    add_probe_routes,
+)
+from ..router.producer import EnvelopeProducer
 
-__all__ = ["CONTEXT_KEY", "build_http_app", "default_installers"]
+__all__ = ["build_http_app", "channel_installers", "ingest_readiness"]
 
-CONTEXT_KEY: web.AppKey[AdapterContext] = web.AppKey("omni_context", AdapterContext)
 _PROBES = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
-def default_installers() -> list[Installer]:
-    """Every channel adapter that ships with omniroute."""
-    from adapters.douyin import install as douyin
-    from adapters.generic import install as generic
-    from adapters.phone import install as phone
-    from adapters.wechat import install as wechat
-    from adapters.wecom import install as wecom
-    from router.agent_api import install as agent_api
+def channel_installers() -> list[Installer]:
+    """Every channel adapter that ships with omniroute (the agent API is added by the caller)."""
+    from .douyin import install as douyin
+    from .generic import install as generic
+    from .phone import install as phone
+    from .wechat import install as wechat
+    from .wecom import install as wecom
 
-    installers: list[Installer] = [generic, wechat, wecom, douyin, phone, agent_api]
-    return installers
+    return [generic, wechat, wecom, douyin, phone]
+
+
+def ingest_readiness(ctx: HttpContext) -> Readiness:
+    """Ready when the broker and Redis answer now (cached for a second)."""
+    checks: dict[str, ReadyCheck] = {}
+    sink = ctx.sink
+    if isinstance(sink, EnvelopeProducer):
+        checks["kafka"] = sink.check
+    redis = ctx.redis
+    if redis is not None:
+
+        async def ping() -> None:
+            await redis.ping()
+
+        checks["redis"] = ping
+    return Readiness(checks)
 
 
 def build_http_app(
-    ctx: AdapterContext, installers: Sequence[Installer] | None = None
+    ctx: HttpContext, installers: Sequence[Installer] | None = None
 ) -> web.Application:
     """Build the aiohttp application (not started)."""
     # The body limit is enforced per route with a specific 413; aiohttp's own
@@ -64,33 +82,7 @@ def build_http_app(
     )
     app[CONTEXT_KEY] = ctx
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(ctx.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        problems: list[str] = []
-        sink = ctx.sink
-        if isinstance(sink, EnvelopeProducer) and not sink.connected:
-            try:
-                await sink.start()
-            except Exception as exc:
-                problems.append(f"kafka: {exc}")
-        if ctx.redis is not None:
-            try:
-                await ctx.redis.ping()
-            except (RedisError, OSError) as exc:
-                problems.append(f"redis: {exc}")
-        if problems:
-            return web.json_response({"status": "unavailable", "problems": problems}, status=503)
-        return web.json_response({"status": "ready"})
-
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    for install in installers if installers is not None else default_installers():
+    add_probe_routes(app, ctx.metrics.registry, ingest_readiness(ctx))
+    for install in installers if installers is not None else channel_installers():
         install(app, ctx)
     return app

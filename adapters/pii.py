@@ -40,8 +40,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from router.exceptions import ConfigError
-from router.models import Customer, Envelope
+from ..router.exceptions import ConfigError
+from ..router.models import Customer, Envelope
 
 __all__ = [
     "PII_KINDS",

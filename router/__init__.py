@@ -1,17 +1,20 @@
-"""omniroute runtime: envelope and decision models, the router worker, the CLI, metrics.
+"""Message contracts (envelope, decision, topic records, settings, errors, config files)
+and the routing worker. ``skills`` is the only package below it.
 
 Importing this package has no side effects: apps, pools and producers are built by
 factories called from the CLI.
 """
 
-from router.exceptions import (
+# the edge reads its own YAML files with the same file:line errors as the routing config
+from ..skills.yamlconfig import load_model
+from .exceptions import (
     BrokerUnavailable,
     ConfigError,
     InfrastructureError,
     InvalidEnvelope,
-    RouterError,
+    OmniError,
 )
-from router.models import (
+from .models import (
     Attachment,
     Band,
     Channel,
@@ -25,7 +28,7 @@ from router.models import (
     TagHit,
     message_id,
 )
-from router.settings import Settings
+from .settings import Settings
 
 __all__ = [
     "Attachment",
@@ -40,10 +43,11 @@ __all__ = [
     "Envelope",
     "InfrastructureError",
     "InvalidEnvelope",
+    "OmniError",
     "Order",
     "Priority",
-    "RouterError",
     "Settings",
     "TagHit",
+    "load_model",
     "message_id",
 ]

@@ -18,20 +18,21 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from router import topics
-from router.keys import Keys
-from router.metrics import RouterMetrics
-from router.redis_client import connect
-from router.reload import PipelineHolder
-from router.settings import Settings
-from router.worker import BatchRouter
-from skills.queues import RedisQueueStore
-from skills.relax import Move, Relaxer
-from sla.state import AgentEvent
+from . import topics
+from .events import AgentEvent
+from .http import Readiness, metrics_body
+from .keys import Keys
+from .metrics import RouterMetrics
+from .queues import RedisQueueStore
+from .redis_client import connect
+from .relax import Move, Relaxer
+from .reload import PipelineHolder
+from .settings import Settings
+from .worker import BatchRouter
 
 __all__ = ["WorkerRuntime", "create_worker_app"]
 
@@ -60,6 +61,17 @@ class WorkerRuntime:
         self.router = BatchRouter(settings, self.holder, self.store, self.metrics)
         self.relaxer = Relaxer(self.redis, Keys(settings.redis_prefix))
         self.ready = False
+        self.readiness = Readiness(
+            {"worker": self._started, "redis": self._ping_redis, "kafka": self.router.check_broker},
+            info=lambda: {"config_version": self.holder.version},
+        )
+
+    async def _started(self) -> None:
+        if not self.ready:
+            raise RuntimeError("starting: not yet consuming")
+
+    async def _ping_redis(self) -> None:
+        await self.redis.ping()
 
     def reload(self) -> None:
         """Re-read the configuration; the next batch uses it."""
@@ -158,9 +170,11 @@ def create_worker_app(
     app.task(route)
     app.timer(interval=STATS_INTERVAL_S)(stats)
 
+    # faust serves its own web app; the handlers share the probes' logic in router.http
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+        body, content_type = metrics_body(registry)
+        return web.bytes(body, content_type=content_type.split(";")[0])
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -168,8 +182,7 @@ def create_worker_app(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        if runtime.ready:
-            return web.json({"status": "ready", "config_version": runtime.holder.version})
-        return web.json({"status": "starting"}, status=503)
+        code, body = await runtime.readiness.status()
+        return web.json(body, status=code)
 
     return app, runtime

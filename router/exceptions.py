@@ -1,31 +1,59 @@
-"""Errors of the router runtime. Every error of omniroute derives from RouterError."""
+"""Errors of the message contracts and the runtime. Every error derives from OmniError."""
 
 from __future__ import annotations
 
+from ..skills.exceptions import ConfigError, OmniError
+
 __all__ = [
+    "BadRequest",
     "BrokerUnavailable",
     "ConfigError",
     "InfrastructureError",
     "InvalidEnvelope",
-    "RouterError",
+    "OmniError",
+    "PayloadTooLarge",
+    "RequestRejected",
+    "Unauthorized",
 ]
 
 
-class RouterError(Exception):
-    """Root of every omniroute error."""
-
-
-class ConfigError(RouterError, ValueError):
-    """A configuration file or setting is invalid; the message names where and how to fix it."""
-
-
-class InvalidEnvelope(RouterError, ValueError):
+class InvalidEnvelope(OmniError, ValueError):
     """A record or request body is not a valid envelope; the message names the field."""
 
 
-class BrokerUnavailable(RouterError, ConnectionError):
+class BrokerUnavailable(OmniError, ConnectionError):
     """The Kafka broker did not acknowledge in time; the caller should retry later."""
 
 
-class InfrastructureError(RouterError, RuntimeError):
+class InfrastructureError(OmniError, RuntimeError):
     """An embedded broker or Redis server could not be started."""
+
+
+class RequestRejected(OmniError):
+    """Refused HTTP input. ``status`` is the HTTP status, ``reason`` the metric label."""
+
+    status = 400
+    reason = "invalid"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class BadRequest(RequestRejected, ValueError):
+    """Malformed or invalid body (400)."""
+
+
+class Unauthorized(RequestRejected, PermissionError):
+    """Missing or wrong credentials or signature (401)."""
+
+    status = 401
+    reason = "unauthorized"
+
+
+class PayloadTooLarge(RequestRejected, ValueError):
+    """Body or batch over its limit (413)."""
+
+    status = 413
+    reason = "too_large"

@@ -11,12 +11,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Final
 
 import orjson
 
-from router.exceptions import InvalidEnvelope
+from ..skills.vocabulary import (
+    SYNCHRONOUS_CHANNELS,
+    Band,
+    Channel,
+    EntryKind,
+    MessageFacts,
+    Priority,
+    TagHit,
+)
+from .exceptions import InvalidEnvelope
 
 __all__ = [
     "DECISION_SCHEMA_VERSION",
@@ -29,6 +37,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "Envelope",
+    "MessageFacts",
     "Order",
     "Priority",
     "TagHit",
@@ -39,45 +48,6 @@ __all__ = [
 ENVELOPE_SCHEMA_VERSION: Final = 1
 DECISION_SCHEMA_VERSION: Final = 1
 MAX_TEXT_CHARS: Final = 20_000  # longer texts are truncated by adapters, refused by the router
-
-
-class Channel(StrEnum):
-    """Where a message came from."""
-
-    WECHAT = "wechat"
-    WECOM = "wecom"
-    EMAIL = "email"
-    PHONE = "phone"
-    LIVESTREAM = "livestream"
-    APP = "app"
-
-
-SYNCHRONOUS_CHANNELS: Final = frozenset({Channel.PHONE, Channel.LIVESTREAM})
-
-
-class EntryKind(StrEnum):
-    """Where the customer entered the conversation from."""
-
-    LIVE_ROOM = "live_room"
-    ORDER = "order"
-    PRODUCT = "product"
-    IVR = "ivr"
-    OTHER = "other"
-
-
-class Band(StrEnum):
-    """Priority band, P0 (most urgent) to P4."""
-
-    P0 = "P0"
-    P1 = "P1"
-    P2 = "P2"
-    P3 = "P3"
-    P4 = "P4"
-
-    @property
-    def rank(self) -> int:
-        """0 for P0 ... 4 for P4."""
-        return int(self.value[1])
 
 
 def message_id(channel: str, account: str, channel_msg_id: str) -> str:
@@ -156,6 +126,16 @@ class Envelope:
         """Phone and live-stream customers are waiting right now."""
         return self.channel in SYNCHRONOUS_CHANNELS
 
+    def facts(self) -> MessageFacts:
+        """What the decision logic reads of this message, in its own types."""
+        return MessageFacts(
+            channel=self.channel,
+            entry=self.entry.kind if self.entry is not None else None,
+            hints=self.hints,
+            order_amount=self.order.amount if self.order is not None else None,
+            declared_tier=self.customer.tier,
+        )
+
     def to_json(self) -> bytes:
         """orjson bytes of this envelope."""
         return orjson.dumps(self)
@@ -224,23 +204,6 @@ class Envelope:
             meta=meta,
             raw_ref=_opt_str(data, "raw_ref"),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class TagHit:
-    """A taxonomy tag and the keywords that produced it."""
-
-    id: str  # e.g. logistics.delay
-    keywords: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Priority:
-    """Score (higher = more urgent), its band and the reasons a person can read."""
-
-    score: float
-    band: Band
-    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.models import Decision, Envelope
-from skills.config import RoutingConfig
-from skills.priority import PriorityModel
-from skills.rules import RuleSet
-from skills.tagger import Tagger, TagResult
+from ..skills.config import RoutingConfig
+from ..skills.priority import PriorityModel
+from ..skills.rules import RuleSet
+from ..skills.tagger import Tagger, TagResult
+from .models import Decision, Envelope
 
 __all__ = ["MessageFacts", "Pipeline"]
 
@@ -83,13 +83,14 @@ class Pipeline:
         """
         if tagged is None:
             tagged = self.tagger.tag(env.text)
-        tier = self.priority.tier_of(env, facts.redis_tier)
+        msg = env.facts()
+        tier = self.priority.tier_of(msg, facts.redis_tier)
         priority = self.priority.score(
-            env, tagged.tags, tagged.emotions, tier, facts.prior_contacts
+            msg, tagged.tags, tagged.emotions, tier, facts.prior_contacts
         )
         tag_ids = [t.id for t in tagged.tags]
         rule_facts = RuleSet.facts(
-            env, tag_ids, [e.id for e in tagged.emotions], tier, priority.band
+            msg, tag_ids, [e.id for e in tagged.emotions], tier, priority.band
         )
         rule = self.rules.match(rule_facts)
         if rule is None:  # load_config guarantees a catch-all; kept for hand-built configs

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from router.exceptions import ConfigError
-from router.metrics import RouterMetrics
-from router.pipeline import Pipeline
-from skills.config import CONFIG_FILES, load_config
+from ..skills.config import CONFIG_FILES, load_config
+from .exceptions import ConfigError
+from .metrics import RouterMetrics
+from .pipeline import Pipeline
 
 __all__ = ["PipelineHolder"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from router.models import Decision, Envelope
+from .models import Decision, Envelope
 
 __all__ = ["json_schema"]
 

@@ -12,11 +12,9 @@ __all__ = ["Settings", "default_config_dir"]
 
 def default_config_dir() -> Path:
     """The shipped ``config/`` directory (source checkout or installed wheel)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "config", here / "default_config"):
-        if (candidate / "routing.yaml").is_file():
-            return candidate
-    return here.parent / "config"
+    # ``config/`` sits beside the packages: the repository's in a checkout,
+    # ``omniroute/config`` in the wheel.
+    return Path(__file__).resolve().parent.parent / "config"
 
 
 class Settings(BaseSettings):

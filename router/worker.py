@@ -30,15 +30,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from router import topics
-from router.dead_letter import dead_letter_record
-from router.exceptions import InvalidEnvelope
-from router.metrics import RouterMetrics
-from router.models import Decision, Envelope
-from router.pipeline import Pipeline
-from router.produce import produce_keyed
-from router.settings import Settings
-from skills.queues import QueueStore, depths_of
+from . import topics
+from .dead_letter import dead_letter_record
+from .exceptions import BrokerUnavailable, InvalidEnvelope
+from .metrics import RouterMetrics
+from .models import Decision, Envelope
+from .pipeline import Pipeline
+from .produce import produce_keyed
+from .queues import QueueStore, depths_of
+from .settings import Settings
 
 __all__ = ["BatchResult", "BatchRouter", "Prepared", "consumer_timeouts"]
 
@@ -135,6 +135,16 @@ class BatchRouter:
             await producer.stop()
             raise
         self._producer, self._consumer = producer, consumer
+
+    async def check_broker(self) -> None:
+        """Readiness: the broker answers a metadata request now."""
+        consumer = self._consumer
+        if consumer is None:
+            raise BrokerUnavailable("not connected to Kafka yet")
+        try:
+            await asyncio.wait_for(consumer._client.fetch_all_metadata(), 5.0)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"Kafka does not answer ({exc!r})") from exc
 
     async def stop(self) -> None:
         """Stop consuming; the current batch finishes and commits first (see ``run``)."""

@@ -4,12 +4,12 @@ The Redis side (``skills.queues``, ``skills.relax``) is imported from its own mo
 it depends on the router's pipeline, which depends on this package.
 """
 
-from skills.config import RoutingConfig, load_config
-from skills.groups import SkillGroup, SkillGroups
-from skills.priority import PriorityModel, PrioritySettings
-from skills.rules import Facts, Rule, RuleSet, When
-from skills.tagger import Tagger, TagResult
-from skills.taxonomy import Taxonomy, load_taxonomy
+from .config import RoutingConfig, load_config
+from .groups import SkillGroup, SkillGroups
+from .priority import PriorityModel, PrioritySettings
+from .rules import Facts, Rule, RuleSet, When
+from .tagger import Tagger, TagResult
+from .taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
     "Facts",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.exceptions import ConfigError
-from skills._yaml import LocatedYaml, load_model
-from skills.groups import SkillGroups
-from skills.priority import PrioritySettings
-from skills.rules import Rule
-from skills.taxonomy import Taxonomy, load_taxonomy
+from .exceptions import ConfigError
+from .groups import SkillGroups
+from .priority import PrioritySettings
+from .rules import Rule
+from .taxonomy import Taxonomy, load_taxonomy
+from .yamlconfig import LocatedYaml, load_model
 
 __all__ = ["CONFIG_FILES", "RoutingConfig", "RoutingFile", "Sticky", "load_config"]
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router.models import Band, Envelope, Priority, TagHit
+from .vocabulary import Band, MessageFacts, Priority, TagHit
 
 if TYPE_CHECKING:
-    from skills.taxonomy import Taxonomy
+    from .taxonomy import Taxonomy
 
 __all__ = ["PriorityModel", "PrioritySettings"]
 
@@ -115,14 +115,14 @@ class PriorityModel:
         self._sync_reason = f"synchronous channel {{}} -> +{cfg.synchronous_points:g}"
         self._repeat_nth = cfg.repeat.contacts
 
-    def tier_of(self, env: Envelope, redis_tier: str | None) -> str:
+    def tier_of(self, msg: MessageFacts, redis_tier: str | None) -> str:
         """Redis tier wins over the tier the channel declared; else the default."""
-        tier = redis_tier or env.customer.tier or self.cfg.default_tier
+        tier = redis_tier or msg.declared_tier or self.cfg.default_tier
         return tier.lower()
 
     def score(
         self,
-        env: Envelope,
+        msg: MessageFacts,
         tags: Sequence[TagHit],
         emotions: Sequence[TagHit],
         tier: str,
@@ -152,7 +152,7 @@ class PriorityModel:
         if tier_reason is not None:
             score += cfg.tiers[tier]
             reasons.append(tier_reason)
-        amount = env.order.amount if env.order else None
+        amount = msg.order_amount
         if amount is not None and amount >= cfg.high_value.amount and cfg.high_value.points:
             score += cfg.high_value.points
             reasons.append(
@@ -174,10 +174,10 @@ class PriorityModel:
             if w:
                 score += w
                 reasons.append(f"emotion {emo.id} ({'、'.join(emo.keywords[:3])}) -> +{w:g}")
-        if cfg.synchronous_points and env.synchronous:
+        if cfg.synchronous_points and msg.synchronous:
             score += cfg.synchronous_points
-            reasons.append(self._sync_reason.format(env.channel.value))
-        for hint in env.hints:
+            reasons.append(self._sync_reason.format(msg.channel.value))
+        for hint in msg.hints:
             pts = cfg.hint_points.get(hint, 0.0)
             if pts:
                 score += pts

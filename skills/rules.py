@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.models import Band, Channel, EntryKind, Envelope
+from .vocabulary import Band, Channel, EntryKind, MessageFacts
 
 __all__ = ["Facts", "Rule", "RuleSet", "When"]
 
@@ -122,7 +122,7 @@ class RuleSet:
 
     @staticmethod
     def facts(
-        env: Envelope, tags: Sequence[str], emotions: Sequence[str], tier: str, band: Band
+        msg: MessageFacts, tags: Sequence[str], emotions: Sequence[str], tier: str, band: Band
     ) -> Facts:
         """Facts of one message (hot path: no generators, shared empty sets)."""
         if tags:
@@ -136,9 +136,9 @@ class RuleSet:
             tags=tag_set,
             emotions=frozenset(emotions) if emotions else _EMPTY,
             tier=tier,
-            channel=env.channel,
-            entry=env.entry.kind if env.entry else None,
+            channel=msg.channel,
+            entry=msg.entry,
             band=band,
-            hints=frozenset(env.hints) if env.hints else _EMPTY,
-            amount=env.order.amount if env.order else None,
+            hints=frozenset(msg.hints) if msg.hints else _EMPTY,
+            amount=msg.order_amount,
         )

@@ -14,9 +14,9 @@ from typing import Final, NamedTuple
 
 import ahocorasick
 
-from router.models import TagHit
-from skills.normalize import SEPARATOR, Normalizer, default_normalizer
-from skills.taxonomy import NegationRules, Taxonomy
+from .normalize import SEPARATOR, Normalizer, default_normalizer
+from .taxonomy import NegationRules, Taxonomy
+from .vocabulary import TagHit
 
 __all__ = ["TagResult", "Tagger"]
 

@@ -2,7 +2,7 @@
 
 Loaded from YAML (``config/taxonomy.yaml`` ships the default) into frozen pydantic
 models. Every error names ``file:line``, the key path, the bad value and the fix
-(see :func:`skills._yaml.load_model`).
+(see :func:`skills.yamlconfig.load_model`).
 
 Shape::
 
@@ -24,8 +24,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from skills._yaml import load_model
-from skills.normalize import normalize
+from .normalize import normalize
+from .yamlconfig import load_model
 
 __all__ = [
     "Category",
@@ -180,12 +180,8 @@ class Taxonomy(_Frozen):
 
 
 def default_taxonomy_path() -> Path:
-    """The shipped ``taxonomy.yaml``: in a wheel it lives in ``router/default_config``."""
-    import router
-
-    packaged = Path(router.__file__).resolve().parent / "default_config" / "taxonomy.yaml"
-    if packaged.is_file():
-        return packaged
+    """The shipped ``taxonomy.yaml``: ``config/`` beside this package (``omniroute/config``
+    in the wheel, the repository's ``config/`` in a checkout)."""
     return Path(__file__).resolve().parent.parent / "config" / "taxonomy.yaml"
 
 

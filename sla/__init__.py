@@ -4,18 +4,19 @@ Wiring (see docs/sla.md): ``SlaWorker(settings, registry, clock)`` is the servic
 ``router.agent_api.install`` adds the agent API to the adapters' HTTP app.
 """
 
-from sla.agents import AgentDesk
-from sla.calendar import AlwaysOpen, BusinessCalendar, Calendar, build_calendar
-from sla.clock import Clock, SystemClock
-from sla.config import SlaConfig, load_sla_config
-from sla.escalation import Escalator
-from sla.exceptions import SlaError, StateConflict
-from sla.metrics import SlaMetrics
-from sla.service import SlaServiceSettings, run_sla, sla_service
-from sla.state import AgentEvent, ConvState, SlaEngine
-from sla.surge import SurgeDetector, SurgeWindows, erlang_b, erlang_c, slots_for_service_level
-from sla.timers import TimerStore
-from sla.worker import SlaWorker
+from ..router.events import AgentEvent
+from .agents import AgentDesk
+from .calendar import AlwaysOpen, BusinessCalendar, Calendar, build_calendar
+from .clock import Clock, SystemClock
+from .config import SlaConfig, load_sla_config
+from .escalation import Escalator
+from .exceptions import SlaError, StateConflict
+from .metrics import SlaMetrics
+from .service import SlaServiceSettings, run_sla, sla_service
+from .state import ConvState, SlaEngine
+from .surge import SurgeDetector, SurgeWindows, erlang_b, erlang_c, slots_for_service_level
+from .timers import TimerStore
+from .worker import SlaWorker
 
 __all__ = [
     "AgentDesk",

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from router.models import Band, Channel, Decision, Priority, TagHit
+from ..router.models import Band, Channel, Decision, Priority, TagHit
 
 __all__ = ["as_text", "decode_decision", "decode_signal"]
 

@@ -27,8 +27,8 @@ from typing import Final, Literal, cast
 import orjson
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from sla._decode import as_text
+from ..router.keys import Keys
+from ._decode import as_text
 
 __all__ = ["AgentDesk", "AgentInfo", "ClaimResult", "ConvAction", "QueueView", "Staffing"]
 

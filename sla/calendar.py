@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import chinese_calendar
 
-from sla.config import CalendarConfig
+from .config import CalendarConfig
 
 __all__ = ["AlwaysOpen", "BusinessCalendar", "Calendar", "build_calendar"]
 

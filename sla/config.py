@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from router.models import Band, Channel
-from skills._yaml import load_model
-from sla.exceptions import ConfigError
+from ..router.models import Band, Channel
+from ..skills.yamlconfig import load_model
+from .exceptions import ConfigError
 
 __all__ = [
     "CalendarConfig",

@@ -15,8 +15,8 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from sla.config import EscalationStep
+from ..router.keys import Keys
+from .config import EscalationStep
 
 __all__ = ["EscalationResult", "Escalator"]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from router.exceptions import ConfigError, RouterError
+from ..router.exceptions import ConfigError, OmniError
 
 __all__ = ["ConfigError", "SlaError", "StateConflict"]
 
 
-class SlaError(RouterError):
+class SlaError(OmniError):
     """Root of the SLA package's own errors."""
 
 

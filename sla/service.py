@@ -14,15 +14,15 @@ import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.exceptions import RedisError
 
-from router.redis_client import connect
-from router.settings import Settings
-from sla.clock import Clock
-from sla.worker import SlaWorker
+from ..router.http import Readiness, add_probe_routes
+from ..router.redis_client import connect
+from ..router.settings import Settings
+from .clock import Clock
+from .worker import SlaWorker
 
 __all__ = ["SlaServiceSettings", "run_sla", "sla_service"]
 
@@ -57,25 +57,12 @@ async def sla_service(
         await worker.start()
         stack.push_async_callback(worker.stop)
 
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(registry),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        async def readyz(_: web.Request) -> web.Response:
-            try:
-                await redis.ping()
-            except (RedisError, OSError) as exc:
-                return web.json_response({"status": "unavailable", "problems": [str(exc)]},
-                                         status=503)
-            return web.json_response({"status": "ready", "config": worker.config.version})
+        async def ping() -> None:
+            await redis.ping()
 
         app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
+        add_probe_routes(app, registry, Readiness(
+            {"redis": ping}, info=lambda: {"config": worker.config.version}))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

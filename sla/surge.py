@@ -35,9 +35,9 @@ from typing import Any, Final
 import orjson
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from sla._decode import as_text
-from sla.config import SurgeConfig
+from ..router.keys import Keys
+from ._decode import as_text
+from .config import SurgeConfig
 
 __all__ = [
     "ScopeState",

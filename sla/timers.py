@@ -23,11 +23,12 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.models import Decision
-from sla._decode import as_text
-from sla.exceptions import StateConflict
-from sla.state import AgentEvent, ConvState, Fired, SlaEngine, member, parse_member
+from ..router.events import AgentEvent
+from ..router.keys import Keys
+from ..router.models import Decision
+from ._decode import as_text
+from .exceptions import StateConflict
+from .state import ConvState, Fired, SlaEngine, member, parse_member
 
 __all__ = ["TimerStore"]
 

@@ -31,22 +31,23 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from router import topics
-from router.dead_letter import dead_letter_record
-from router.exceptions import BrokerUnavailable
-from router.keys import Keys
-from router.redis_client import connect
-from router.settings import Settings
-from sla._decode import decode_decision, decode_signal
-from sla.agents import AgentDesk
-from sla.clock import Clock, SystemClock
-from sla.config import SlaConfig, load_sla_config
-from sla.escalation import Escalator
-from sla.exceptions import StateConflict
-from sla.metrics import SlaMetrics
-from sla.state import AgentEvent, ConvState, Fired, SlaEngine, member
-from sla.surge import Staffing, SurgeWindows
-from sla.timers import Change, TimerStore
+from ..router import topics
+from ..router.dead_letter import dead_letter_record
+from ..router.events import AgentEvent
+from ..router.exceptions import BrokerUnavailable
+from ..router.keys import Keys
+from ..router.redis_client import connect
+from ..router.settings import Settings
+from ._decode import decode_decision, decode_signal
+from .agents import AgentDesk
+from .clock import Clock, SystemClock
+from .config import SlaConfig, load_sla_config
+from .escalation import Escalator
+from .exceptions import StateConflict
+from .metrics import SlaMetrics
+from .state import ConvState, Fired, SlaEngine, member
+from .surge import Staffing, SurgeWindows
+from .timers import Change, TimerStore
 
 __all__ = ["SlaWorker"]
 

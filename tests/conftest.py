@@ -15,9 +15,9 @@ import redis
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from router.admin import ensure_topics
-from router.embedded import redis_answers, start_broker, start_redis
-from router.settings import Settings
+from omniroute.admin import ensure_topics
+from omniroute.embedded import redis_answers, start_broker, start_redis
+from omniroute.router.settings import Settings
 
 TEST_TOKEN = "test-ingest-token"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from router.models import Channel, Customer, Envelope, Order, message_id
+from omniroute.router.models import Channel, Customer, Envelope, Order, message_id
 
 
 async def consume(

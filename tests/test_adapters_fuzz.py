@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from adapters.douyin import DouyinConfig
-from adapters.douyin import make_installer as douyin_installer
-from adapters.wechat import MessageCipher, sha1_signature
-from adapters.wechat import make_installer as wechat_installer
-from adapters.wecom import make_installer as wecom_installer
-from router.settings import Settings
+from omniroute.adapters.douyin import DouyinConfig
+from omniroute.adapters.douyin import make_installer as douyin_installer
+from omniroute.adapters.wechat import MessageCipher, sha1_signature
+from omniroute.adapters.wechat import make_installer as wechat_installer
+from omniroute.adapters.wecom import make_installer as wecom_installer
+from omniroute.router.settings import Settings
 from tests.test_douyin import SECRETS, douyin_sign, secrets
 from tests.test_wechat import AES_KEY, APP_ID, TOKEN, Edge, accounts, edge, text_xml
 from tests.test_wecom import CORP, KEY, wecom_accounts

@@ -12,15 +12,15 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from adapters.context import AdapterContext
-from adapters.http import build_http_app
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.agent_api import AgentApiSettings, installer
-from router.keys import Keys
-from router.metrics import AdapterMetrics
-from router.models import Band
-from router.settings import Settings
+from omniroute.adapters.http import build_http_app
+from omniroute.router import topics
+from omniroute.router.http import HttpContext
+from omniroute.router.keys import Keys
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Band
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
+from omniroute.sla.agent_api import AgentApiSettings, installer
 from tests.test_sla_support import FakeClock, consume_json, decision, enqueue
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ async def client(
 ) -> AsyncIterator[tuple[Client, FakeClock]]:
     clock = FakeClock()
     producer = EnvelopeProducer(topics_ready)
-    ctx = AdapterContext(topics_ready, producer, AdapterMetrics(CollectorRegistry()),
+    ctx = HttpContext(topics_ready, producer, AdapterMetrics(CollectorRegistry()),
                          redis=aredis, clock=clock)
     api = installer(AgentApiSettings.model_validate({"OMNI_AGENT_TOKENS": [SecretStr(TOKEN)]}))
     app = build_http_app(ctx, installers=[api])

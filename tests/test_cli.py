@@ -11,9 +11,9 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from router.cli import app
-from router.keys import Keys
-from router.settings import Settings
+from omniroute.cli import app
+from omniroute.router.keys import Keys
+from omniroute.router.settings import Settings
 
 MINI = Path(__file__).parent / "data" / "mini"
 runner = CliRunner()
@@ -101,7 +101,7 @@ def test_customers_import_loads_tiers(
 
 
 def test_console_script_runs_as_a_module() -> None:
-    result = subprocess.run([sys.executable, "-m", "router", "schema", "decision"],
+    result = subprocess.run([sys.executable, "-m", "omniroute", "schema", "decision"],
                             capture_output=True, check=True, timeout=60)
     assert orjson.loads(result.stdout)["title"] == "Decision"
 

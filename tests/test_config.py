@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from router.exceptions import ConfigError
-from router.metrics import RouterMetrics
-from router.models import Band, Channel, EntryKind
-from router.pipeline import MessageFacts, Pipeline
-from router.reload import PipelineHolder
-from router.settings import default_config_dir
-from skills.config import load_config
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.metrics import RouterMetrics
+from omniroute.router.models import Band, Channel, EntryKind
+from omniroute.router.pipeline import MessageFacts, Pipeline
+from omniroute.router.reload import PipelineHolder
+from omniroute.router.settings import default_config_dir
+from omniroute.skills.config import load_config
 from tests.helpers import envelope
 
 MINI = Path(__file__).parent / "data" / "mini"

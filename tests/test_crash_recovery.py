@@ -13,11 +13,11 @@ import orjson
 import pytest
 import redis
 
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.embedded import free_port
-from router.keys import Keys
-from router.settings import Settings
+from omniroute.embedded import free_port
+from omniroute.router import topics
+from omniroute.router.keys import Keys
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 from tests.helpers import consume, envelope
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -41,7 +41,7 @@ def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "router", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "omniroute", "worker", "--loglevel", "warning"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

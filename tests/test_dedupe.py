@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from adapters.dedupe import Deduper, produce_once
-from adapters.producer import EnvelopeProducer
-from router.exceptions import BrokerUnavailable
-from router.keys import Keys
-from router.models import Channel, Customer, Envelope, message_id
-from router.settings import Settings
+from omniroute.adapters.dedupe import Deduper, produce_once
+from omniroute.router.exceptions import BrokerUnavailable
+from omniroute.router.keys import Keys
+from omniroute.router.models import Channel, Customer, Envelope, message_id
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ def _processes(needle: str) -> int:
 def test_demo_routes_everything_and_leaves_nothing_running() -> None:
     brokers_before = _processes("tansu")
     proc = subprocess.run(
-        [sys.executable, "-m", "router", "demo", "--messages", "60"],
+        [sys.executable, "-m", "omniroute", "demo", "--messages", "60"],
         capture_output=True, text=True, timeout=200, env={**os.environ, "COLUMNS": "200"},
         check=False,
     )

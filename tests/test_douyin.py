@@ -14,12 +14,12 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from adapters.douyin import ChatterConfig, ChatterRules, DouyinConfig, load_douyin_config
-from adapters.douyin import make_installer as douyin_installer
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.models import Channel, EntryKind, Envelope
-from router.settings import Settings
+from omniroute.adapters.douyin import ChatterConfig, ChatterRules, DouyinConfig, load_douyin_config
+from omniroute.adapters.douyin import make_installer as douyin_installer
+from omniroute.router import topics
+from omniroute.router.models import Channel, EntryKind, Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 from tests.test_wechat import Edge, consume, edge, envelopes
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.email.parse import (
+from omniroute.adapters.email.parse import (
     MalformedMail,
     decode_header_value,
     html_to_text,
@@ -24,7 +24,7 @@ from adapters.email.parse import (
     thread_root,
     to_envelope,
 )
-from router.models import Channel
+from omniroute.router.models import Channel
 
 
 def rfc2047(text: str, label: str) -> str:

@@ -27,15 +27,15 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from adapters.context import AdapterContext
-from adapters.email import EmailSettings
-from adapters.email.imap import ImapPoller
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.embedded import free_port
-from router.metrics import AdapterMetrics
-from router.models import Envelope
-from router.settings import Settings
+from omniroute.adapters.email import EmailSettings
+from omniroute.adapters.email.imap import ImapPoller
+from omniroute.embedded import free_port
+from omniroute.router import topics
+from omniroute.router.http import HttpContext
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -193,7 +193,7 @@ def imap_settings(server: Dovecot, **extra: Any) -> EmailSettings:
 async def make_poller(settings: Settings, redis: Redis | None,
                       server: Dovecot, **extra: Any) -> tuple[ImapPoller, EnvelopeProducer]:
     producer = EnvelopeProducer(settings)
-    ctx = AdapterContext(settings=settings, sink=producer,
+    ctx = HttpContext(settings=settings, sink=producer,
                          metrics=AdapterMetrics(CollectorRegistry()), redis=redis)
     return ImapPoller(ctx, imap_settings(server, **extra)), producer
 

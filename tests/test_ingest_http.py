@@ -12,15 +12,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from adapters.context import AdapterContext
-from adapters.generic.verify import sign
-from adapters.http import build_http_app
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.embedded import free_port
-from router.metrics import AdapterMetrics
-from router.models import Envelope
-from router.settings import Settings
+from omniroute.adapters.generic.verify import sign
+from omniroute.adapters.http import build_http_app
+from omniroute.embedded import free_port
+from omniroute.router import topics
+from omniroute.router.http import HttpContext
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 from tests.conftest import TEST_TOKEN
 from tests.helpers import consume
 
@@ -35,7 +35,7 @@ def message(n: int, **extra: object) -> dict[str, object]:
 async def _client(settings: Settings) -> tuple[TestClient, CollectorRegistry, EnvelopeProducer]:
     registry = CollectorRegistry()
     producer = EnvelopeProducer(settings)
-    ctx = AdapterContext(settings, producer, AdapterMetrics(registry))
+    ctx = HttpContext(settings, producer, AdapterMetrics(registry))
     client = TestClient(TestServer(build_http_app(ctx)))
     await client.start_server()
     return client, registry, producer
@@ -188,7 +188,7 @@ async def test_back_pressure_refuses_past_the_in_flight_limit(topics_ready: Sett
     producer = EnvelopeProducer(settings)
     sink = _GatedSink(producer)
     client = TestClient(TestServer(build_http_app(
-        AdapterContext(settings, sink, AdapterMetrics(registry)))))
+        HttpContext(settings, sink, AdapterMetrics(registry)))))
     await client.start_server()
     try:
         first = asyncio.create_task(client.post("/v1/messages", json=message(20), headers=AUTH))

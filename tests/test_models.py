@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.exceptions import InvalidEnvelope
-from router.models import Band, Channel, Envelope, message_id
-from router.schema import json_schema
+from omniroute.router.exceptions import InvalidEnvelope
+from omniroute.router.models import Band, Channel, Envelope, message_id
+from omniroute.router.schema import json_schema
 from tests.helpers import envelope
 
 DOCS = Path(__file__).parent.parent / "docs" / "schema"

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router import topics
-from router.embedded import free_port
-from router.models import Envelope
-from router.node import http_ingest
-from router.settings import Settings
+from omniroute.embedded import free_port
+from omniroute.node import http_ingest
+from omniroute.router import topics
+from omniroute.router.models import Envelope
+from omniroute.router.settings import Settings
 from tests.conftest import TEST_TOKEN
 from tests.helpers import consume
 

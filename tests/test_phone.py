@@ -19,17 +19,17 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from adapters.context import AdapterContext
-from adapters.http import build_http_app
-from adapters.phone import PhoneSettings, load_phone_config, make_installer
-from adapters.phone.parse import mask_number, normalise_number
-from adapters.phone.verify import twilio_signature
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.embedded import free_port
-from router.metrics import AdapterMetrics
-from router.models import EntryKind, Envelope
-from router.settings import Settings
+from omniroute.adapters.http import build_http_app
+from omniroute.adapters.phone import PhoneSettings, load_phone_config, make_installer
+from omniroute.adapters.phone.parse import mask_number, normalise_number
+from omniroute.adapters.phone.verify import twilio_signature
+from omniroute.embedded import free_port
+from omniroute.router import topics
+from omniroute.router.http import HttpContext
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import EntryKind, Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def phone_settings() -> PhoneSettings:
 class Phone:
     """The adapters' HTTP app with only the phone routes, on a free loopback port."""
 
-    def __init__(self, ctx: AdapterContext, base: str, http: aiohttp.ClientSession) -> None:
+    def __init__(self, ctx: HttpContext, base: str, http: aiohttp.ClientSession) -> None:
         self.ctx = ctx
         self.base = base
         self.http = http
@@ -89,7 +89,7 @@ class Phone:
 
 async def start_phone(settings: Settings, redis: Redis | None) -> AsyncIterator[Phone]:
     producer = EnvelopeProducer(settings)
-    ctx = AdapterContext(settings=settings, sink=producer,
+    ctx = HttpContext(settings=settings, sink=producer,
                          metrics=AdapterMetrics(CollectorRegistry()), redis=redis)
     app = build_http_app(ctx, [make_installer(phone_settings(), CONFIG)])
     runner = web.AppRunner(app)
@@ -338,11 +338,11 @@ async def test_tccc_bad_input_and_auth(phone: Phone) -> None:
 async def test_default_install_reads_env_and_shipped_menu(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adapters.phone import install
+    from omniroute.adapters.phone import install
 
     monkeypatch.setenv("OMNI_TWILIO_AUTH_TOKEN", TOKEN)
     monkeypatch.delenv("OMNI_PHONE_PUBLIC_BASE_URL", raising=False)
-    ctx = AdapterContext(settings=settings, sink=EnvelopeProducer(settings),
+    ctx = HttpContext(settings=settings, sink=EnvelopeProducer(settings),
                          metrics=AdapterMetrics(CollectorRegistry()))
     app = build_http_app(ctx, [install])
     runner = web.AppRunner(app)
@@ -363,7 +363,7 @@ async def test_default_install_reads_env_and_shipped_menu(
 
 
 def test_bad_phone_yaml_names_file_and_line(tmp_path: Path) -> None:
-    from router.exceptions import ConfigError
+    from omniroute.router.exceptions import ConfigError
 
     bad = tmp_path / "phone.yaml"
     bad.write_text('language: zh-CN\nmenu:\n  "1": {entry: order, label: 订单}\n'

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.pii import (
+from omniroute.adapters.pii import (
     bank_card_valid,
     id_card_valid,
     load_pii_policy,
     mask_envelope,
     mask_pii,
 )
-from router.exceptions import ConfigError
-from router.models import Channel, Customer, Envelope
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.models import Channel, Customer, Envelope
 
 VALID_ID = "11010519491231002X"  # the GB 11643 example number
 VALID_ID_DIGIT = "110101199003074477"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from router import topics
-from router.produce import produce_keyed
-from router.settings import Settings
+from omniroute.router import topics
+from omniroute.router.produce import produce_keyed
+from omniroute.router.settings import Settings
 from tests.helpers import consume
 
 pytestmark = pytest.mark.integration

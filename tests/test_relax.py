@@ -10,15 +10,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from router import topics
-from router.app import WorkerRuntime
-from router.keys import Keys
-from router.pipeline import Pipeline
-from router.settings import Settings
-from skills.config import load_config
-from skills.queues import RedisQueueStore
-from skills.relax import Relaxer
-from skills.rules import Rule
+from omniroute.router import topics
+from omniroute.router.app import WorkerRuntime
+from omniroute.router.keys import Keys
+from omniroute.router.pipeline import Pipeline
+from omniroute.router.queues import RedisQueueStore
+from omniroute.router.relax import Relaxer
+from omniroute.router.settings import Settings
+from omniroute.skills.config import load_config
+from omniroute.skills.rules import Rule
 from tests.helpers import consume, envelope
 from tests.test_routing_logic import MINI
 

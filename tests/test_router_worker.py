@@ -13,14 +13,14 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.keys import Keys
-from router.metrics import RouterMetrics
-from router.reload import PipelineHolder
-from router.settings import Settings
-from router.worker import BatchRouter
-from skills.queues import RedisQueueStore
+from omniroute.router import topics
+from omniroute.router.keys import Keys
+from omniroute.router.metrics import RouterMetrics
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.queues import RedisQueueStore
+from omniroute.router.reload import PipelineHolder
+from omniroute.router.settings import Settings
+from omniroute.router.worker import BatchRouter
 from tests.helpers import consume, envelope
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.models import Band, Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
-from router.pipeline import MessageFacts, Pipeline
-from skills.config import load_config
+from omniroute.router.models import (
+    Band,
+    Channel,
+    Customer,
+    Entry,
+    EntryKind,
+    Envelope,
+    Order,
+    message_id,
+)
+from omniroute.router.pipeline import MessageFacts, Pipeline
+from omniroute.skills.config import load_config
 
 MINI = Path(__file__).parent / "data" / "mini"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router import metrics as router_metrics
-from sla import metrics as sla_metrics
+from omniroute.router import metrics as router_metrics
+from omniroute.sla import metrics as sla_metrics
 
 RULES = Path(__file__).resolve().parent.parent / "docker" / "prometheus" / "alerts.yml"
 

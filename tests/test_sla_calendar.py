@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.exceptions import ConfigError
-from router.settings import default_config_dir
-from sla.calendar import AlwaysOpen, BusinessCalendar
-from sla.config import CalendarConfig, load_sla_config
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.settings import default_config_dir
+from omniroute.sla.calendar import AlwaysOpen, BusinessCalendar
+from omniroute.sla.config import CalendarConfig, load_sla_config
 
 SH = ZoneInfo("Asia/Shanghai")
 SPLIT = CalendarConfig.model_validate({"hours": ["09:00-12:00", "13:30-21:00"]})

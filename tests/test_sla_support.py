@@ -11,8 +11,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.models import Band, Channel, Decision, Priority, TagHit
+from omniroute.router.keys import Keys
+from omniroute.router.models import Band, Channel, Decision, Priority, TagHit
 
 # 2026-11-25 10:00:00 Asia/Shanghai (a Wednesday, a working day, inside the morning shift)
 T0_MS = 1_795_572_000_000

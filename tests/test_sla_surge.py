@@ -8,11 +8,11 @@ from fractions import Fraction
 import pytest
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.settings import Settings
-from sla._decode import decode_signal
-from sla.config import SurgeConfig
-from sla.surge import (
+from omniroute.router.keys import Keys
+from omniroute.router.settings import Settings
+from omniroute.sla._decode import decode_signal
+from omniroute.sla.config import SurgeConfig
+from omniroute.sla.surge import (
     ScopeState,
     Staffing,
     SurgeDetector,

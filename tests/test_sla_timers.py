@@ -9,13 +9,14 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.models import Band, Channel
-from router.settings import Settings
-from sla.config import SlaConfig
-from sla.escalation import BAND_SPAN, Escalator
-from sla.state import AgentEvent, ConvState, SlaEngine
-from sla.timers import Change, TimerStore
+from omniroute.router.events import AgentEvent
+from omniroute.router.keys import Keys
+from omniroute.router.models import Band, Channel
+from omniroute.router.settings import Settings
+from omniroute.sla.config import SlaConfig
+from omniroute.sla.escalation import BAND_SPAN, Escalator
+from omniroute.sla.state import ConvState, SlaEngine
+from omniroute.sla.timers import Change, TimerStore
 from tests.test_sla_support import T0_MS, decision, enqueue
 
 CONFIG = SlaConfig.model_validate({

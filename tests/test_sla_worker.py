@@ -13,21 +13,21 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from adapters.context import AdapterContext
-from adapters.http import build_http_app
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.agent_api import AgentApiSettings, installer
-from router.keys import Keys
-from router.metrics import AdapterMetrics
-from router.models import Band, Channel, Decision
-from router.settings import Settings, default_config_dir
-from sla.agents import AgentDesk
-from sla.config import SlaConfig, load_sla_config
-from sla.escalation import BAND_SPAN
-from sla.service import SlaServiceSettings, sla_service
-from sla.state import AgentEvent
-from sla.worker import SlaWorker
+from omniroute.adapters.http import build_http_app
+from omniroute.router import topics
+from omniroute.router.events import AgentEvent
+from omniroute.router.http import HttpContext
+from omniroute.router.keys import Keys
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Band, Channel, Decision
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings, default_config_dir
+from omniroute.sla.agent_api import AgentApiSettings, installer
+from omniroute.sla.agents import AgentDesk
+from omniroute.sla.config import SlaConfig, load_sla_config
+from omniroute.sla.escalation import BAND_SPAN
+from omniroute.sla.service import SlaServiceSettings, sla_service
+from omniroute.sla.worker import SlaWorker
 from tests.test_sla_support import T0_MS, FakeClock, consume_json, decision, enqueue, poll
 
 pytestmark = pytest.mark.integration
@@ -215,7 +215,7 @@ async def test_agent_reply_through_the_api_stops_the_timer(
     chat = decision(1, channel=Channel.WECHAT, group="general")
     await enqueue(aredis, keys, [chat])
     sink = EnvelopeProducer(settings)
-    ctx = AdapterContext(settings, sink, AdapterMetrics(CollectorRegistry()), redis=aredis,
+    ctx = HttpContext(settings, sink, AdapterMetrics(CollectorRegistry()), redis=aredis,
                          clock=clock)
     api = installer(AgentApiSettings.model_validate({"OMNI_AGENT_TOKENS": ["t0k"]}))
     auth = {"Authorization": "Bearer t0k"}

@@ -6,8 +6,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from router import topics
-from router.settings import Settings
+from omniroute.router import topics
+from omniroute.router.settings import Settings
 
 pytestmark = pytest.mark.integration
 

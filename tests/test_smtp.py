@@ -21,14 +21,14 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from adapters.context import AdapterContext
-from adapters.email import EmailSettings, SmtpServer
-from adapters.producer import EnvelopeProducer
-from router import topics
-from router.embedded import free_port
-from router.metrics import AdapterMetrics
-from router.models import Envelope
-from router.settings import Settings
+from omniroute.adapters.email import EmailSettings, SmtpServer
+from omniroute.embedded import free_port
+from omniroute.router import topics
+from omniroute.router.http import HttpContext
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def email_settings(**extra: Any) -> EmailSettings:
 class Edge:
     """A running SMTP server and what it is wired to."""
 
-    def __init__(self, server: SmtpServer, ctx: AdapterContext) -> None:
+    def __init__(self, server: SmtpServer, ctx: HttpContext) -> None:
         self.server = server
         self.ctx = ctx
 
@@ -80,7 +80,7 @@ async def build_edge(settings: Settings, redis: Redis | None, **extra: Any) -> t
     SmtpServer, EnvelopeProducer
 ]:
     producer = EnvelopeProducer(settings)
-    ctx = AdapterContext(
+    ctx = HttpContext(
         settings=settings, sink=producer, metrics=AdapterMetrics(CollectorRegistry()), redis=redis
     )
     return SmtpServer(ctx, email_settings(**extra)), producer

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.models import TagHit
-from skills.normalize import _SEPARATORS, default_normalizer, normalize
-from skills.tagger import Tagger, TagResult
-from skills.tagger_bench import coverage_report, is_clear_praise, run_tagger_bench
-from skills.taxonomy import Taxonomy, default_taxonomy_path, load_taxonomy
+from omniroute.router.models import TagHit
+from omniroute.skills.normalize import _SEPARATORS, default_normalizer, normalize
+from omniroute.skills.tagger import Tagger, TagResult
+from omniroute.skills.taxonomy import Taxonomy, default_taxonomy_path, load_taxonomy
+from omniroute.tagger_bench import coverage_report, is_clear_praise, run_tagger_bench
 
 SAMPLE = Path(__file__).parent / "data" / "complaints_sample.csv"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router.exceptions import ConfigError
-from skills.taxonomy import Leaf, Taxonomy, default_taxonomy_path, load_taxonomy
+from omniroute.router.exceptions import ConfigError
+from omniroute.skills.taxonomy import Leaf, Taxonomy, default_taxonomy_path, load_taxonomy
 
 REQUIRED_TOP = {
     "logistics",

@@ -23,16 +23,21 @@ from redis.asyncio import Redis
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.utils import WeChatSigner
 
-from adapters.context import AdapterContext, Installer
-from adapters.http import build_http_app
-from adapters.producer import EnvelopeProducer
-from adapters.wechat import MessageCipher, WeChatAccount, load_wechat_config, make_installer
-from adapters.wechat.config import WeChatConfig, read_channels_yaml
-from router import topics
-from router.exceptions import ConfigError
-from router.metrics import AdapterMetrics
-from router.models import Channel, EntryKind, Envelope
-from router.settings import Settings
+from omniroute.adapters.http import build_http_app
+from omniroute.adapters.wechat import (
+    MessageCipher,
+    WeChatAccount,
+    load_wechat_config,
+    make_installer,
+)
+from omniroute.adapters.wechat.config import WeChatConfig, read_channels_yaml
+from omniroute.router import topics
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.http import HttpContext, Installer
+from omniroute.router.metrics import AdapterMetrics
+from omniroute.router.models import Channel, EntryKind, Envelope
+from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +79,7 @@ class Edge:
     """A running adapters app and what it was built from."""
 
     client: TestClient[web.Request, web.Application]
-    ctx: AdapterContext
+    ctx: HttpContext
     metrics: AdapterMetrics
     clock: FixedClock
 
@@ -94,7 +99,7 @@ async def edge(
     metrics = AdapterMetrics(CollectorRegistry())
     clk = clock or FixedClock()
     producer = EnvelopeProducer(settings)
-    ctx = AdapterContext(settings=settings, sink=producer, metrics=metrics, redis=redis, clock=clk)
+    ctx = HttpContext(settings=settings, sink=producer, metrics=metrics, redis=redis, clock=clk)
     app = build_http_app(ctx, list(installers))
     client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
     await client.start_server()
@@ -418,9 +423,9 @@ async def test_install_from_shipped_config_and_env(
     topics_ready: Settings, aredis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real installers: config/channels.yaml names the env vars, which hold the secrets."""
-    from adapters.douyin import install as douyin_install
-    from adapters.wechat import install as wechat_install
-    from adapters.wecom import install as wecom_install
+    from omniroute.adapters.douyin import install as douyin_install
+    from omniroute.adapters.wechat import install as wechat_install
+    from omniroute.adapters.wecom import install as wecom_install
 
     monkeypatch.setenv("OMNI_WECHAT_DEMO_TOKEN", SAMPLE_TOKEN)
     monkeypatch.setenv("OMNI_WECHAT_DEMO_AES_KEY", SAMPLE_AES_KEY)

@@ -11,11 +11,11 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 
-from adapters.wechat import WeChatAccount, sha1_signature
-from adapters.wecom import load_wecom_config, make_installer
-from router import topics
-from router.models import Channel
-from router.settings import Settings
+from omniroute.adapters.wechat import WeChatAccount, sha1_signature
+from omniroute.adapters.wecom import load_wecom_config, make_installer
+from omniroute.router import topics
+from omniroute.router.models import Channel
+from omniroute.router.settings import Settings
 from tests.test_wechat import (
     SAMPLE_AES_KEY,
     SAMPLE_BODY,

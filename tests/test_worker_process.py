@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from router.embedded import free_port
-from router.settings import Settings
+from omniroute.embedded import free_port
+from omniroute.router.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(120)]
 MINI = Path(__file__).parent / "data" / "mini"
@@ -60,7 +60,7 @@ def test_changed_config_reloads_without_restart_and_sigterm_drains(
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "omniroute", "worker", "--loglevel", "info"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"

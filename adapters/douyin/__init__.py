@@ -1,9 +1,9 @@
 """Douyin live-room data push: ``POST /douyin/live`` (comments, gifts, likes, fans club)."""
 
-from adapters.douyin.adapter import LivePushHandler, install, make_installer
-from adapters.douyin.chatter import ChatterRules
-from adapters.douyin.config import ChatterConfig, DouyinConfig, load_douyin_config
-from adapters.douyin.verify import sign, verify_push
+from .adapter import LivePushHandler, install, make_installer
+from .chatter import ChatterRules
+from .config import ChatterConfig, DouyinConfig, load_douyin_config
+from .verify import sign, verify_push
 
 __all__ = [
     "ChatterConfig",

@@ -26,20 +26,18 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import SecretStr
 
-from adapters.body import read_limited
-from adapters.context import AdapterContext, Installer
-from adapters.dedupe import Deduper
-from adapters.douyin.chatter import ChatterRules
-from adapters.douyin.config import PATH, DouyinConfig, load_douyin_config
-from adapters.douyin.parse import LiveItem, comment_envelope, parse_items, signal_record
-from adapters.douyin.verify import verify_push
-from adapters.exceptions import AdapterError
-from adapters.pii import mask_envelope
-from adapters.wechat.adapter import channels_path
-from adapters.wechat.config import read_channels_yaml
-from router import topics
-from router.exceptions import BrokerUnavailable
-from router.models import Channel, Envelope, message_id
+from ...router import topics
+from ...router.exceptions import BrokerUnavailable, RequestRejected
+from ...router.http import HttpContext, Installer, read_limited
+from ...router.models import Channel, Envelope, message_id
+from ..dedupe import Deduper
+from ..pii import mask_envelope
+from ..wechat.adapter import channels_path
+from ..wechat.config import read_channels_yaml
+from .chatter import ChatterRules
+from .config import PATH, DouyinConfig, load_douyin_config
+from .parse import LiveItem, comment_envelope, parse_items, signal_record
+from .verify import verify_push
 
 __all__ = ["LivePushHandler", "install", "make_installer"]
 
@@ -52,7 +50,7 @@ UNVERIFIED = "-"  # account label before the signature is verified
 class LivePushHandler:
     """The ``POST /douyin/live`` handler and its per-process state."""
 
-    ctx: AdapterContext
+    ctx: HttpContext
     config: DouyinConfig
     secrets: Mapping[str, SecretStr]
     in_flight: int = field(default=0, init=False)
@@ -104,7 +102,7 @@ class LivePushHandler:
                                cfg.timestamp_window_s)
             label = push.room_id
             items = parse_items(body, cfg.max_items)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             m.requests.labels(CHANNEL, label).inc()
             m.rejected.labels(CHANNEL, label, exc.reason).inc()
             return web.json_response(
@@ -186,13 +184,13 @@ class LivePushHandler:
 def make_installer(config: DouyinConfig, secrets: Mapping[str, SecretStr]) -> Installer:
     """An installer with the given settings and per-type secrets."""
 
-    def install_push(app: web.Application, ctx: AdapterContext) -> None:
+    def install_push(app: web.Application, ctx: HttpContext) -> None:
         app.router.add_post(PATH, LivePushHandler(ctx, config, secrets).post)
 
     return install_push
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``POST /douyin/live`` configured from ``channels.yaml``."""
     path = channels_path(ctx)
     cfg, secrets = load_douyin_config(read_channels_yaml(path), os.environ, str(path))

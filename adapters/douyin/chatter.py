@@ -28,7 +28,7 @@ import unicodedata
 from collections import OrderedDict
 from typing import Final
 
-from adapters.douyin.config import ChatterConfig
+from .config import ChatterConfig
 
 __all__ = ["ChatterRules", "meaningful", "normalise"]
 

@@ -14,9 +14,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from adapters.dedupe import DEFAULT_DEDUPE_TTL_S
-from adapters.wechat.config import CHANNELS_FILE, describe_validation_error, resolve_secret
-from router.exceptions import ConfigError
+from ...router.exceptions import ConfigError
+from ..dedupe import DEFAULT_DEDUPE_TTL_S
+from ..wechat.config import CHANNELS_FILE, describe_validation_error, resolve_secret
 
 __all__ = [
     "MSG_TYPES",

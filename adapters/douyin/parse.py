@@ -12,8 +12,8 @@ from typing import Annotated, Any, Final
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from adapters.exceptions import BadRequest, PayloadTooLarge
-from router.models import (
+from ...router.exceptions import BadRequest, PayloadTooLarge
+from ...router.models import (
     MAX_TEXT_CHARS,
     Channel,
     Customer,

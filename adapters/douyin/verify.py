@@ -19,8 +19,8 @@ from typing import Final
 
 from pydantic import SecretStr
 
-from adapters.exceptions import BadRequest, Unauthorized
-from adapters.wechat.verify import check_timestamp
+from ...router.exceptions import BadRequest, Unauthorized
+from ..wechat.verify import check_timestamp
 
 __all__ = ["SIGNED_HEADERS", "PushHeaders", "sign", "verify_push"]
 

@@ -2,14 +2,14 @@
 
 Neither listens on its own: the process that runs the adapters starts
 ``SmtpServer`` and/or ``ImapPoller`` (both have idempotent ``start``/``stop``
-and ``async with``) with an ``AdapterContext`` and ``EmailSettings()``.
+and ``async with``) with an ``HttpContext`` and ``EmailSettings()``.
 """
 
-from adapters.email.config import EmailSettings
-from adapters.email.imap import ImapPoller
-from adapters.email.parse import MalformedMail, ParsedMail, parse_mail, thread_root
-from adapters.email.smtp import SmtpServer
-from adapters.email.text import html_to_text, strip_quoted
+from .config import EmailSettings
+from .imap import ImapPoller
+from .parse import MalformedMail, ParsedMail, parse_mail, thread_root
+from .smtp import SmtpServer
+from .text import html_to_text, strip_quoted
 
 __all__ = [
     "EmailSettings",

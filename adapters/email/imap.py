@@ -19,13 +19,13 @@ from typing import Any
 
 import aioimaplib
 
-from adapters.context import AdapterContext
-from adapters.dedupe import Deduper
-from adapters.email.config import CHANNEL, EmailSettings
-from adapters.email.parse import MalformedMail, parse_mail, to_envelope
-from adapters.email.smtp import dedupe_id
-from adapters.pii import mask_envelope
-from router.exceptions import BrokerUnavailable, ConfigError, RouterError
+from ...router.exceptions import BrokerUnavailable, ConfigError, OmniError
+from ...router.http import HttpContext
+from ..dedupe import Deduper
+from ..pii import mask_envelope
+from .config import CHANNEL, EmailSettings
+from .parse import MalformedMail, parse_mail, to_envelope
+from .smtp import dedupe_id
 
 __all__ = ["ImapError", "ImapPoller"]
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
-class ImapError(RouterError, ConnectionError):
+class ImapError(OmniError, ConnectionError):
     """The IMAP server refused a command or went away; the poller reconnects."""
 
 
@@ -82,7 +82,7 @@ class ImapPoller:
 
     def __init__(
         self,
-        ctx: AdapterContext,
+        ctx: HttpContext,
         config: EmailSettings,
         *,
         deduper: Deduper | None = None,

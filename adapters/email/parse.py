@@ -22,10 +22,8 @@ from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Final
 
-from adapters.email.text import html_to_text, normalise_subject, strip_quoted
-from adapters.exceptions import BadRequest
-from adapters.pii import mask_pii
-from router.models import (
+from ...router.exceptions import BadRequest
+from ...router.models import (
     MAX_TEXT_CHARS,
     Attachment,
     Channel,
@@ -33,6 +31,8 @@ from router.models import (
     Envelope,
     message_id,
 )
+from ..pii import mask_pii
+from .text import html_to_text, normalise_subject, strip_quoted
 
 __all__ = [
     "MAX_ATTACHMENTS",

@@ -28,13 +28,13 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from adapters.context import AdapterContext
-from adapters.dedupe import Deduper
-from adapters.email.config import CHANNEL, EmailSettings
-from adapters.email.parse import MalformedMail, parse_mail, to_envelope
-from adapters.pii import mask_envelope
-from router.exceptions import BrokerUnavailable, ConfigError
-from router.models import Envelope as OmniEnvelope
+from ...router.exceptions import BrokerUnavailable, ConfigError
+from ...router.http import HttpContext
+from ...router.models import Envelope as OmniEnvelope
+from ..dedupe import Deduper
+from ..pii import mask_envelope
+from .config import CHANNEL, EmailSettings
+from .parse import MalformedMail, parse_mail, to_envelope
 
 __all__ = ["InboundMailHandler", "SmtpServer"]
 
@@ -51,7 +51,7 @@ class InboundMailHandler:
     """aiosmtpd handler: recipient policy at RCPT, parse/mask/dedupe/produce at DATA."""
 
     def __init__(
-        self, ctx: AdapterContext, config: EmailSettings, deduper: Deduper | None = None
+        self, ctx: HttpContext, config: EmailSettings, deduper: Deduper | None = None
     ) -> None:
         self._ctx = ctx
         self._config = config
@@ -211,7 +211,7 @@ class SmtpServer:
 
     def __init__(
         self,
-        ctx: AdapterContext,
+        ctx: HttpContext,
         config: EmailSettings,
         *,
         deduper: Deduper | None = None,

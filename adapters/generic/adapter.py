@@ -7,13 +7,11 @@ import time
 
 from aiohttp import web
 
-from adapters.body import read_limited
-from adapters.context import AdapterContext
-from adapters.exceptions import AdapterError
-from adapters.generic.config import PATH
-from adapters.generic.parse import parse_body
-from adapters.generic.verify import verify_request
-from router.exceptions import BrokerUnavailable
+from ...router.exceptions import BrokerUnavailable, RequestRejected
+from ...router.http import HttpContext, read_limited
+from .config import PATH
+from .parse import parse_body
+from .verify import verify_request
 
 __all__ = ["install"]
 
@@ -21,7 +19,7 @@ log = logging.getLogger(__name__)
 CHANNEL_LABEL = "api"
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``POST /v1/messages`` to the adapters' app."""
 
     async def ingest(request: web.Request) -> web.Response:
@@ -32,7 +30,7 @@ def install(app: web.Application, ctx: AdapterContext) -> None:
             body = await read_limited(request, ctx.settings.max_body_bytes)
             verify_request(request.headers, body, ctx.settings, ctx.clock.now())
             envelopes = parse_body(body, ctx.now_ms(), ctx.settings.max_batch_messages)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             m.rejected.labels(CHANNEL_LABEL, "-", exc.reason).inc()
             return web.json_response(
                 {"error": exc.reason, "message": str(exc)}, status=exc.status

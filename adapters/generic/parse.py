@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.exceptions import BadRequest, PayloadTooLarge
-from router.models import (
+from ...router.exceptions import BadRequest, PayloadTooLarge
+from ...router.models import (
     MAX_TEXT_CHARS,
     Attachment,
     Channel,

@@ -6,9 +6,9 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-from adapters.exceptions import Unauthorized
-from adapters.generic.config import HMAC_SIGNATURE_HEADER, HMAC_TIMESTAMP_HEADER
-from router.settings import Settings
+from ...router.exceptions import Unauthorized
+from ...router.settings import Settings
+from .config import HMAC_SIGNATURE_HEADER, HMAC_TIMESTAMP_HEADER
 
 __all__ = ["sign", "verify_request"]
 

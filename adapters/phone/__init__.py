@@ -1,8 +1,8 @@
 """Phone channel: Twilio-compatible voice webhooks and Tencent Cloud Contact Center push."""
 
-from adapters.phone.adapter import PhoneAdapter, install, make_installer
-from adapters.phone.config import PhoneConfig, PhoneSettings, load_phone_config
-from adapters.phone.verify import twilio_signature
+from .adapter import PhoneAdapter, install, make_installer
+from .config import PhoneConfig, PhoneSettings, load_phone_config
+from .verify import twilio_signature
 
 __all__ = [
     "PhoneAdapter",

@@ -17,11 +17,12 @@ from xml.sax.saxutils import escape, quoteattr
 import orjson
 from aiohttp import web
 
-from adapters.body import read_limited
-from adapters.context import AdapterContext
-from adapters.dedupe import Deduper
-from adapters.exceptions import AdapterError, BadRequest
-from adapters.phone.config import (
+from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected
+from ...router.http import HttpContext, read_limited
+from ...router.models import Envelope
+from ..dedupe import Deduper
+from ..pii import mask_envelope
+from .config import (
     CHANNEL,
     TCCC_PATH,
     TCCC_PUSH_UUID_HEADER,
@@ -30,7 +31,7 @@ from adapters.phone.config import (
     PhoneSettings,
     load_phone_config,
 )
-from adapters.phone.parse import (
+from .parse import (
     cdr_to_envelope,
     first_values,
     form_pairs,
@@ -38,10 +39,7 @@ from adapters.phone.parse import (
     status_to_envelope,
     twilio_call,
 )
-from adapters.phone.verify import verify_tccc, verify_twilio
-from adapters.pii import mask_envelope
-from router.exceptions import BrokerUnavailable
-from router.models import Envelope
+from .verify import verify_tccc, verify_twilio
 
 __all__ = ["PhoneAdapter", "install", "make_installer"]
 
@@ -85,7 +83,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 class PhoneAdapter:
     """The phone channel's request handlers (one per app)."""
 
-    def __init__(self, ctx: AdapterContext, settings: PhoneSettings, config: PhoneConfig) -> None:
+    def __init__(self, ctx: HttpContext, settings: PhoneSettings, config: PhoneConfig) -> None:
         self.ctx = ctx
         self.settings = settings
         self.config = config
@@ -147,7 +145,7 @@ class PhoneAdapter:
             form = first_values(pairs)
             twilio_call(form)
             response = await handler(form)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             m.rejected.labels(CHANNEL, _NO_ACCOUNT, exc.reason).inc()
             return web.json_response({"error": exc.reason, "message": str(exc)},
                                      status=exc.status)
@@ -199,7 +197,7 @@ class PhoneAdapter:
                 return web.json_response({"ErrCode": 0, "ErrMsg": "ok"})
             push_id = request.headers.get(TCCC_PUSH_UUID_HEADER, "").strip()[:128]
             await self._produce(env, f"tccc-push:{push_id}" if push_id else env.channel_msg_id)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             m.rejected.labels(CHANNEL, _NO_ACCOUNT, exc.reason).inc()
             return web.json_response(
                 {"ErrCode": exc.status, "ErrMsg": f"{exc.reason}: {exc}"}, status=exc.status
@@ -217,10 +215,10 @@ class PhoneAdapter:
 
 def make_installer(
     settings: PhoneSettings | None = None, config: PhoneConfig | None = None
-) -> Callable[[web.Application, AdapterContext], None]:
+) -> Callable[[web.Application, HttpContext], None]:
     """An installer with explicit settings (tests, embedding); None = read at install."""
 
-    def install_phone(app: web.Application, ctx: AdapterContext) -> None:
+    def install_phone(app: web.Application, ctx: HttpContext) -> None:
         phone_settings = settings if settings is not None else PhoneSettings()
         phone_config = config
         if phone_config is None:
@@ -233,6 +231,6 @@ def make_installer(
     return install_phone
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add the phone routes; settings from the environment, menu from ``phone.yaml``."""
     make_installer()(app, ctx)

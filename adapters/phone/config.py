@@ -12,7 +12,7 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from skills._yaml import load_model
+from ...router import load_model
 
 __all__ = [
     "CHANNEL",

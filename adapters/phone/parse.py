@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
-from adapters.exceptions import BadRequest
-from adapters.phone.config import MenuItem, PhoneConfig
-from router.models import (
+from ...router.exceptions import BadRequest
+from ...router.models import (
     MAX_TEXT_CHARS,
     Channel,
     Customer,
@@ -26,6 +25,7 @@ from router.models import (
     Envelope,
     message_id,
 )
+from .config import MenuItem, PhoneConfig
 
 __all__ = [
     "CallOutcome",

@@ -18,8 +18,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from adapters.exceptions import Unauthorized
-from adapters.phone.config import TWILIO_SIGNATURE_HEADER, PhoneSettings
+from ...router.exceptions import Unauthorized
+from .config import TWILIO_SIGNATURE_HEADER, PhoneSettings
 
 __all__ = ["twilio_signature", "url_variants", "verify_tccc", "verify_twilio"]
 

@@ -1,10 +1,10 @@
 """WeChat Official Account callback: ``GET/POST /wechat/{account}`` (plain and safe mode)."""
 
-from adapters.wechat.adapter import CallbackHandler, install, make_installer
-from adapters.wechat.config import WeChatAccount, WeChatConfig, load_wechat_config
-from adapters.wechat.crypto import MessageCipher
-from adapters.wechat.parse import parse_xml, to_envelope
-from adapters.wechat.verify import check_timestamp, sha1_signature, verify_signature
+from .adapter import CallbackHandler, install, make_installer
+from .config import WeChatAccount, WeChatConfig, load_wechat_config
+from .crypto import MessageCipher
+from .parse import parse_xml, to_envelope
+from .verify import check_timestamp, sha1_signature, verify_signature
 
 __all__ = [
     "CallbackHandler",

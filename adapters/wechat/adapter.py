@@ -22,12 +22,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from adapters.body import read_limited
-from adapters.context import AdapterContext, Installer
-from adapters.dedupe import Deduper, produce_once
-from adapters.exceptions import AdapterError, BadRequest, Unauthorized
-from adapters.pii import mask_envelope
-from adapters.wechat.config import (
+from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected, Unauthorized
+from ...router.http import HttpContext, Installer, read_limited
+from ...router.models import Channel
+from ..dedupe import Deduper, produce_once
+from ..pii import mask_envelope
+from .config import (
     CHANNELS_FILE,
     PATH,
     WeChatAccount,
@@ -36,11 +36,9 @@ from adapters.wechat.config import (
     load_wechat_config,
     read_channels_yaml,
 )
-from adapters.wechat.crypto import MessageCipher
-from adapters.wechat.parse import parse_xml, to_envelope
-from adapters.wechat.verify import check_timestamp, verify_signature
-from router.exceptions import BrokerUnavailable
-from router.models import Channel
+from .crypto import MessageCipher
+from .parse import parse_xml, to_envelope
+from .verify import check_timestamp, verify_signature
 
 __all__ = ["CallbackHandler", "install", "make_installer"]
 
@@ -73,7 +71,7 @@ class CallbackHandler:
             encrypted.
     """
 
-    ctx: AdapterContext
+    ctx: HttpContext
     channel: Channel
     accounts: Mapping[str, WeChatAccount]
     limits: CallbackLimits
@@ -107,7 +105,7 @@ class CallbackHandler:
             raise BadRequest(f"query parameter {name!r} is too long", reason="invalid")
         return value
 
-    def _reject(self, label: str, exc: AdapterError) -> web.Response:
+    def _reject(self, label: str, exc: RequestRejected) -> web.Response:
         self.ctx.metrics.rejected.labels(self.channel.value, label, exc.reason).inc()
         log.info("%s/%s: %s %s", self.channel, label, exc.status, exc.reason)
         return web.Response(text=f"{exc.reason}: {exc}", status=exc.status)
@@ -136,7 +134,7 @@ class CallbackHandler:
                 return web.Response(text=plain.decode("utf-8", "replace"))
             verify_signature(self._query(request, "signature"), token, ts, nonce)
             return web.Response(text=echostr)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             return self._reject(label, exc)
 
     # --- POST: messages and events -----------------------------------------------
@@ -184,7 +182,7 @@ class CallbackHandler:
             )
             inner = self._decrypt_body(request, acc, body, ts, nonce)
             inbound = to_envelope(parse_xml(inner), self.channel, acc.name, self.ctx.now_ms())
-        except AdapterError as exc:
+        except RequestRejected as exc:
             return self._reject(label, exc)
         if inbound.envelope is None:
             m.filtered.labels(ch, inbound.skipped or "skipped").inc()
@@ -209,7 +207,7 @@ class CallbackHandler:
         return web.Response(text=SUCCESS)
 
 
-class _NotFound(AdapterError, LookupError):
+class _NotFound(RequestRejected, LookupError):
     status = 404
     reason = "unknown_account"
 
@@ -220,7 +218,7 @@ def make_installer(
     """An installer for the given accounts (tests and embedding applications)."""
     cfg = config or WeChatConfig.model_validate({})
 
-    def install_accounts(app: web.Application, ctx: AdapterContext) -> None:
+    def install_accounts(app: web.Application, ctx: HttpContext) -> None:
         limits = CallbackLimits(cfg.timestamp_window_s, cfg.max_body_bytes,
                                 cfg.produce_timeout_s, cfg.dedupe_ttl_s)
         handler = CallbackHandler(ctx, Channel.WECHAT, accounts, limits)
@@ -230,12 +228,12 @@ def make_installer(
     return install_accounts
 
 
-def channels_path(ctx: AdapterContext) -> Path:
+def channels_path(ctx: HttpContext) -> Path:
     """``channels.yaml`` in the configuration directory."""
     return Path(ctx.settings.config_dir) / CHANNELS_FILE
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``GET/POST /wechat/{account}`` with the accounts of ``channels.yaml``."""
     path = channels_path(ctx)
     cfg, accounts = load_wechat_config(read_channels_yaml(path), os.environ, str(path))

@@ -22,9 +22,9 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from adapters.dedupe import DEFAULT_DEDUPE_TTL_S
-from adapters.pii import load_pii_policy
-from router.exceptions import ConfigError
+from ...router.exceptions import ConfigError
+from ..dedupe import DEFAULT_DEDUPE_TTL_S
+from ..pii import load_pii_policy
 
 __all__ = [
     "CHANNELS_FILE",

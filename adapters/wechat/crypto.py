@@ -16,7 +16,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from adapters.exceptions import BadRequest, Unauthorized
+from ...router.exceptions import BadRequest, Unauthorized
 
 __all__ = ["BLOCK_BYTES", "MessageCipher"]
 

@@ -34,8 +34,8 @@ from typing import Final
 import defusedxml.ElementTree as DefusedET
 from defusedxml import DefusedXmlException
 
-from adapters.exceptions import BadRequest
-from router.models import (
+from ...router.exceptions import BadRequest
+from ...router.models import (
     MAX_TEXT_CHARS,
     Attachment,
     Channel,

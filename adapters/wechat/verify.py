@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from adapters.exceptions import Unauthorized
+from ...router.exceptions import Unauthorized
 
 __all__ = ["check_timestamp", "sha1_signature", "verify_signature"]
 

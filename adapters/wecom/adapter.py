@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from adapters.context import AdapterContext, Installer
-from adapters.wechat.adapter import CallbackHandler, CallbackLimits, channels_path
-from adapters.wechat.config import WeChatAccount, read_channels_yaml
-from adapters.wecom.config import PATH, WeComConfig, load_wecom_config
-from router.models import Channel
+from ...router.http import HttpContext, Installer
+from ...router.models import Channel
+from ..wechat.adapter import CallbackHandler, CallbackLimits, channels_path
+from ..wechat.config import WeChatAccount, read_channels_yaml
+from .config import PATH, WeComConfig, load_wecom_config
 
 __all__ = ["install", "make_installer"]
 
@@ -22,7 +22,7 @@ def make_installer(
     """An installer for the given WeCom apps (tests and embedding applications)."""
     cfg = config or WeComConfig.model_validate({})
 
-    def install_accounts(app: web.Application, ctx: AdapterContext) -> None:
+    def install_accounts(app: web.Application, ctx: HttpContext) -> None:
         limits = CallbackLimits(cfg.timestamp_window_s, cfg.max_body_bytes,
                                 cfg.produce_timeout_s, cfg.dedupe_ttl_s)
         handler = CallbackHandler(ctx, Channel.WECOM, accounts, limits, always_encrypted=True)
@@ -32,7 +32,7 @@ def make_installer(
     return install_accounts
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``GET/POST /wecom/{account}`` with the apps of ``channels.yaml``."""
     path = channels_path(ctx)
     cfg, accounts = load_wecom_config(read_channels_yaml(path), os.environ, str(path))

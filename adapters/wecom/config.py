@@ -15,15 +15,15 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from adapters.dedupe import DEFAULT_DEDUPE_TTL_S
-from adapters.wechat.config import (
+from ...router.exceptions import ConfigError
+from ..dedupe import DEFAULT_DEDUPE_TTL_S
+from ..wechat.config import (
     CHANNELS_FILE,
     WeChatAccount,
     describe_validation_error,
     resolve_secret,
     validate_aes_key,
 )
-from router.exceptions import ConfigError
 
 __all__ = ["PATH", "WeComAccountConfig", "WeComConfig", "load_wecom_config"]
 

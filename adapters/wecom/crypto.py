@@ -1,5 +1,5 @@
 """WeCom encryption: WeChat's safe mode with the corp id as the receive id (re-exported)."""
 
-from adapters.wechat.crypto import BLOCK_BYTES, MessageCipher
+from ..wechat.crypto import BLOCK_BYTES, MessageCipher
 
 __all__ = ["BLOCK_BYTES", "MessageCipher"]

@@ -5,6 +5,6 @@ WeChat's; this module re-exports them so that every channel has the same
 role-named modules.
 """
 
-from adapters.wechat.verify import check_timestamp, sha1_signature, verify_signature
+from ..wechat.verify import check_timestamp, sha1_signature, verify_signature
 
 __all__ = ["check_timestamp", "sha1_signature", "verify_signature"]

@@ -16,10 +16,10 @@ from typing import Final, cast
 import orjson
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.models import Band
-from skills.queues import BAND_SPAN
-from skills.rules import Rule
+from ..skills.rules import Rule
+from .keys import Keys
+from .models import Band
+from .queues import BAND_SPAN
 
 __all__ = ["Move", "Relaxer"]
 

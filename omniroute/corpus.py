@@ -6,7 +6,7 @@ import csv
 import random
 from importlib import resources
 
-from router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
+from .router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
 
 __all__ = ["bundled_texts", "demo_envelope", "demo_message"]
 
@@ -16,7 +16,7 @@ _CHANNELS = (Channel.APP, Channel.APP, Channel.WECHAT, Channel.WECHAT, Channel.L
 
 def bundled_texts() -> list[str]:
     """The 800 bundled review texts, in file order."""
-    raw = resources.files("router").joinpath("data/messages.csv").read_text(encoding="utf-8")
+    raw = resources.files(__package__ or "omniroute").joinpath("data/messages.csv").read_text(encoding="utf-8")
     return [row["text"] for row in csv.DictReader(raw.splitlines()) if row["text"].strip()]
 
 

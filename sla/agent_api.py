@@ -31,13 +31,11 @@ from aiohttp import web
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters.body import read_limited
-from adapters.context import AdapterContext, Installer
-from adapters.exceptions import AdapterError
-from router import topics
-from router.exceptions import BrokerUnavailable
-from sla.agents import AgentDesk, ConvAction
-from sla.state import AgentEvent
+from ..router import topics
+from ..router.events import AgentEvent
+from ..router.exceptions import BrokerUnavailable, RequestRejected
+from ..router.http import HttpContext, Installer, read_limited
+from .agents import AgentDesk, ConvAction
 
 __all__ = ["AgentApiSettings", "install", "installer"]
 
@@ -74,23 +72,23 @@ def _fail(status: int, error: str, message: str) -> _HttpError:
 def installer(api_settings: AgentApiSettings) -> Installer:
     """An ``install(app, ctx)`` bound to explicit settings (tests, embedding)."""
 
-    def _install(app: web.Application, ctx: AdapterContext) -> None:
+    def _install(app: web.Application, ctx: HttpContext) -> None:
         _install_routes(app, ctx, api_settings)
 
     return _install
 
 
-def install(app: web.Application, ctx: AdapterContext) -> None:
+def install(app: web.Application, ctx: HttpContext) -> None:
     """Add the agent API to the adapters' app (settings from the environment)."""
     _install_routes(app, ctx, AgentApiSettings())
 
 
 def _install_routes(
-    app: web.Application, ctx: AdapterContext, api_settings: AgentApiSettings
+    app: web.Application, ctx: HttpContext, api_settings: AgentApiSettings
 ) -> None:
     if ctx.redis is None:
         # an ingest-only app (tests, a Redis-less edge) simply has no agent API
-        log.warning("agent API not installed: the AdapterContext has no Redis client")
+        log.warning("agent API not installed: the HttpContext has no Redis client")
         return
     desk = AgentDesk(ctx.redis, ctx.keys, live_ttl_s=api_settings.agent_live_ttl_s)
     events_topic = ctx.settings.topic(topics.AGENT_EVENTS)
@@ -116,7 +114,7 @@ def _install_routes(
     async def body(request: web.Request) -> dict[str, Any]:
         try:
             raw = await read_limited(request, MAX_BODY_BYTES)
-        except AdapterError as exc:
+        except RequestRejected as exc:
             raise _fail(exc.status, exc.reason, str(exc)) from None
         if not raw.strip():
             return {}

@@ -32,13 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from router import topics
-from router.admin import ensure_topics
-from router.corpus import bundled_texts, demo_message
-from router.customers import import_tiers
-from router.embedded import free_port, redis_or_embedded, start_broker
-from router.exceptions import InfrastructureError
-from router.settings import Settings
+from .admin import ensure_topics
+from .corpus import bundled_texts, demo_message
+from .customers import import_tiers
+from .embedded import free_port, redis_or_embedded, start_broker
+from .router import topics
+from .router.exceptions import InfrastructureError
+from .router.settings import Settings
 
 __all__ = ["run_demo"]
 
@@ -64,7 +64,7 @@ def _child(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byte
     }
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "run", "--loglevel", "warning"],
+            [sys.executable, "-m", "omniroute", "run", "--loglevel", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -168,7 +168,7 @@ def _table(title: str, counts: Counter[str], total: int, extra: dict[str, str] |
 
 
 def _summary(decisions: list[dict[str, Any]], settings: Settings) -> None:
-    from skills.config import load_config
+    from .skills.config import load_config
 
     cfg = load_config(settings.config_dir)
     names = {g: s.name for g, s in cfg.groups.groups.items()}

@@ -17,12 +17,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from adapters.context import AdapterContext
-from adapters.http import build_http_app
-from adapters.producer import EnvelopeProducer
-from router.app import create_worker_app
-from router.metrics import AdapterMetrics
-from router.settings import Settings
+from .adapters import build_http_app, channel_installers
+from .adapters.email import EmailSettings, ImapPoller, SmtpServer
+from .router.app import create_worker_app
+from .router.http import HttpContext
+from .router.metrics import AdapterMetrics
+from .router.producer import EnvelopeProducer
+from .router.settings import Settings
+from .sla import SlaWorker
+from .sla.agent_api import install as install_agent_api
 
 __all__ = ["http_ingest", "run_worker", "serve"]
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def http_ingest(
     settings: Settings, registry: CollectorRegistry
-) -> AsyncIterator[tuple[web.AppRunner, AdapterContext]]:
+) -> AsyncIterator[tuple[web.AppRunner, HttpContext]]:
     """Start the adapters' HTTP app (and its producer and Redis client); stop on exit."""
     async with contextlib.AsyncExitStack() as stack:
         redis = Redis.from_url(settings.redis_url, socket_timeout=5)
@@ -41,8 +44,8 @@ async def http_ingest(
         stack.push_async_callback(producer.stop)
         with contextlib.suppress(Exception):
             await producer.start()  # a broker that is down now is retried per request (503)
-        ctx = AdapterContext(settings, producer, AdapterMetrics(registry), redis)
-        app = build_http_app(ctx)
+        ctx = HttpContext(settings, producer, AdapterMetrics(registry), redis)
+        app = build_http_app(ctx, [*channel_installers(), install_agent_api])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -53,10 +56,8 @@ async def http_ingest(
         yield runner, ctx
 
 
-async def _start_mail(stack: contextlib.AsyncExitStack, ctx: AdapterContext) -> None:
+async def _start_mail(stack: contextlib.AsyncExitStack, ctx: HttpContext) -> None:
     """Inbound SMTP when OMNI_EMAIL_DOMAINS is set; the IMAP poller when OMNI_IMAP_HOST is."""
-    from adapters.email import EmailSettings, ImapPoller, SmtpServer
-
     mail = EmailSettings()
     if mail.domains:
         smtp = await stack.enter_async_context(SmtpServer(ctx, mail))
@@ -88,8 +89,6 @@ def run_worker(settings: Settings, with_http: bool, loglevel: str = "info") -> N
     registry = CollectorRegistry()
     app, runtime = create_worker_app(settings, registry)
     if with_http:
-        from sla import SlaWorker
-
         sla_worker = SlaWorker(settings, registry)
 
         async def sla_task() -> None:

@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import orjson
 
-from router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
-from router.pipeline import MessageFacts, Pipeline
+from .router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
+from .router.pipeline import MessageFacts, Pipeline
 
 __all__ = ["InputFormat", "InputRow", "classify_rows", "read_rows"]
 

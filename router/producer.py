@@ -15,10 +15,10 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from router import topics
-from router.exceptions import BrokerUnavailable
-from router.models import Envelope
-from router.settings import Settings
+from . import topics
+from .exceptions import BrokerUnavailable
+from .models import Envelope
+from .settings import Settings
 
 __all__ = ["EnvelopeProducer", "EnvelopeSink"]
 
@@ -83,6 +83,25 @@ class EnvelopeProducer:
     def connected(self) -> bool:
         """True once the producer has bootstrapped."""
         return self._producer is not None
+
+    async def check(self) -> None:
+        """Readiness: connect if needed, then ask the broker for metadata now.
+
+        Raises:
+            BrokerUnavailable: the broker does not answer within the produce timeout.
+        """
+        if self._producer is None:
+            await self.start()
+        producer = self._producer
+        assert producer is not None
+        try:
+            await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), self._settings.produce_timeout_s
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self._settings.kafka_bootstrap} does not answer ({exc!r})"
+            ) from exc
 
     async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
         """Produce every envelope (key = conversation id) and await all acks."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from router.exceptions import InfrastructureError
+from .router.exceptions import InfrastructureError
 
 __all__ = [
     "EmbeddedProcess",

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from skills.normalize import default_normalizer
-from skills.tagger import Tagger
-from skills.taxonomy import default_taxonomy_path, load_taxonomy
+from .skills.normalize import default_normalizer
+from .skills.tagger import Tagger
+from .skills.taxonomy import default_taxonomy_path, load_taxonomy
 
 __all__ = ["PRAISE_RULE", "coverage_report", "is_clear_praise", "run_tagger_bench"]
 

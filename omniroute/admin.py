@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from router import topics
-from router.settings import Settings
+from .router import topics
+from .router.settings import Settings
 
 __all__ = ["ensure_topics"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from router.exceptions import ConfigError
-from router.keys import Keys
-from router.settings import Settings
+from .router.exceptions import ConfigError
+from .router.keys import Keys
+from .router.settings import Settings
 
 __all__ = ["import_tiers", "read_tiers"]
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from router.exceptions import ConfigError
+from .exceptions import ConfigError
 
 __all__ = ["LocatedYaml", "load_model", "load_yaml"]
 

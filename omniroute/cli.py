@@ -13,8 +13,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from router.exceptions import ConfigError, RouterError
-from router.settings import Settings, default_config_dir
+from .router.exceptions import ConfigError, OmniError
+from .router.settings import Settings, default_config_dir
 
 __all__ = ["app", "main"]
 
@@ -59,7 +59,7 @@ def _logging(level: str) -> None:
     )
 
 
-def _fail(exc: RouterError, code: int = 2) -> typer.Exit:
+def _fail(exc: OmniError, code: int = 2) -> typer.Exit:
     err.print(f"[red]{type(exc).__name__}:[/red] {exc}", markup=True, highlight=False)
     return typer.Exit(code)
 
@@ -69,7 +69,7 @@ def config_check(
     directory: Annotated[Path, typer.Argument(help="configuration directory")] = Path("config"),
 ) -> None:
     """Validate DIR (taxonomy, skill groups, rules); print its version or every problem."""
-    from skills.config import load_config
+    from .skills.config import load_config
 
     try:
         cfg = load_config(directory)
@@ -91,9 +91,9 @@ def classify(
     with_text: Annotated[bool, typer.Option(help="wrap each decision with its input text")] = False,
 ) -> None:
     """Dry-run the routing on recorded traffic: one JSON decision per input line."""
-    from router.classify import InputError, InputFormat, classify_rows, read_rows
-    from router.pipeline import Pipeline
-    from skills.config import load_config
+    from .classify import InputError, InputFormat, classify_rows, read_rows
+    from .router.pipeline import Pipeline
+    from .skills.config import load_config
 
     try:
         input_format = InputFormat(fmt)
@@ -128,7 +128,7 @@ def classify(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every omniroute topic (OMNI_TOPIC_PARTITIONS partitions) where missing."""
-    from router.admin import ensure_topics
+    from .admin import ensure_topics
 
     settings = _settings()
     try:
@@ -144,12 +144,12 @@ def customers_import(
     path: Annotated[Path, typer.Argument(help="CSV with columns customer_id,tier", dir_okay=False)],
 ) -> None:
     """Load customer tiers into Redis (hash ``<prefix>:customers:tier``)."""
-    from router.customers import import_tiers
+    from .customers import import_tiers
 
     settings = _settings()
     try:
         count = asyncio.run(import_tiers(settings, path))
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc) from None
     typer.echo(f"imported {count} customer tiers into {settings.redis_url}")
 
@@ -157,51 +157,51 @@ def customers_import(
 @app.command()
 def worker(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the router worker (faust App) against KAFKA_BOOTSTRAP and REDIS_URL."""
-    from router.node import run_worker
+    from .node import run_worker
 
     _logging(loglevel)
     try:
         run_worker(_settings(), with_http=False, loglevel=loglevel)
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
 def serve(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the adapters' HTTP app (ingest, channel callbacks, /metrics)."""
-    from router.node import serve as serve_http
+    from .node import serve as serve_http
 
     _logging(loglevel)
     try:
         asyncio.run(serve_http(_settings()))
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
 def run(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run every component in one process: router worker, HTTP ingest, SLA worker."""
-    from router.admin import ensure_topics
-    from router.node import run_worker
+    from .admin import ensure_topics
+    from .node import run_worker
 
     _logging(loglevel)
     settings = _settings()
     try:
         asyncio.run(ensure_topics(settings))
         run_worker(settings, with_http=True, loglevel=loglevel)
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
 def sla(loglevel: Annotated[str, typer.Option(help="log level")] = "info") -> None:
     """Run the SLA worker: deadlines, warnings, breaches, escalation, surge signals."""
-    from sla import run_sla
+    from .sla import run_sla
 
     _logging(loglevel)
     try:
         asyncio.run(run_sla(_settings()))
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc) from None
 
 
@@ -211,8 +211,8 @@ def bench_tagger(
     config: ConfigDirOpt = None,
 ) -> None:
     """Tagger msgs/s on the bundled messages vs a regex alternation and a per-keyword loop."""
-    from router.corpus import bundled_texts
-    from skills.tagger_bench import run_tagger_bench
+    from .corpus import bundled_texts
+    from .tagger_bench import run_tagger_bench
 
     path = (config or default_config_dir()) / "taxonomy.yaml"
     try:
@@ -230,7 +230,7 @@ def coverage(
     split: Annotated[str | None, typer.Option(help="only rows of this split")] = None,
 ) -> None:
     """Share of labelled complaints that get a category, and of praise that gets one."""
-    from skills.tagger_bench import coverage_report
+    from .tagger_bench import coverage_report
 
     path = (config or default_config_dir()) / "taxonomy.yaml"
     try:
@@ -247,11 +247,11 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="leave the stack up until Ctrl-C")] = False,
 ) -> None:
     """Embedded broker + Redis, router + ingest; replay real messages; print a summary."""
-    from router.demo import run_demo
+    from .demo import run_demo
 
     try:
         run_demo(messages, keep_running)
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc, 1) from None
 
 
@@ -262,11 +262,11 @@ def bench(
     = False,
 ) -> None:
     """Router pipeline vs a raw aiokafka loop, same broker, same messages; prints one JSON line."""
-    from router.bench import run_bench
+    from .bench import run_bench
 
     try:
         result = run_bench(messages, _settings() if external else None)
-    except RouterError as exc:
+    except OmniError as exc:
         raise _fail(exc, 1) from None
     typer.echo(orjson.dumps(result).decode())
 
@@ -276,7 +276,7 @@ def schema(
     which: Annotated[str, typer.Argument(help="envelope or decision")] = "envelope",
 ) -> None:
     """Print the JSON schema of the envelope or the decision."""
-    from router.schema import json_schema
+    from .router.schema import json_schema
 
     try:
         typer.echo(orjson.dumps(json_schema(which), option=orjson.OPT_INDENT_2).decode())

@@ -22,9 +22,9 @@ from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
-from router.keys import Keys
-from router.models import Band, Decision, Envelope
-from router.pipeline import MessageFacts
+from .keys import Keys
+from .models import Band, Decision, Envelope
+from .pipeline import MessageFacts
 
 __all__ = ["QueueStats", "QueueStore", "RedisQueueStore"]
 

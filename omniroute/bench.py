@@ -25,17 +25,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from router import topics
-from router.admin import ensure_topics
-from router.corpus import bundled_texts, demo_envelope
-from router.embedded import redis_or_embedded, start_broker
-from router.keys import Keys
-from router.metrics import RouterMetrics
-from router.redis_client import connect
-from router.reload import PipelineHolder
-from router.settings import Settings
-from router.worker import BatchRouter, consumer_timeouts
-from skills.queues import RedisQueueStore
+from .admin import ensure_topics
+from .corpus import bundled_texts, demo_envelope
+from .embedded import redis_or_embedded, start_broker
+from .router import topics
+from .router.keys import Keys
+from .router.metrics import RouterMetrics
+from .router.queues import RedisQueueStore
+from .router.redis_client import connect
+from .router.reload import PipelineHolder
+from .router.settings import Settings
+from .router.worker import BatchRouter, consumer_timeouts
 
 __all__ = ["run_bench"]
 

@@ -1,0 +1,5 @@
+"""``python -m omniroute`` is the ``omniroute`` command."""
+
+from .cli import main
+
+main()

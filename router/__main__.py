@@ -1,5 +1,0 @@
-"""``python -m router`` is the ``omniroute`` command."""
-
-from router.cli import main
-
-main()

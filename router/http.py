@@ -1,0 +1,173 @@
+"""HTTP pieces every process shares: the request context, body limits, and the probes.
+
+The adapters' app, the agent API (``sla``) and the SLA and router workers all serve
+``/metrics``, ``/healthz`` and ``/readyz``; they are written here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+
+from .exceptions import PayloadTooLarge
+from .keys import Keys
+from .metrics import AdapterMetrics
+from .producer import EnvelopeSink
+from .settings import Settings
+
+__all__ = [
+    "CONTEXT_KEY",
+    "Clock",
+    "HttpContext",
+    "Installer",
+    "Readiness",
+    "ReadyCheck",
+    "SystemClock",
+    "add_probe_routes",
+    "metrics_body",
+    "read_limited",
+]
+
+
+class Clock(Protocol):
+    """Wall clock in seconds; tests hand in a fixed one."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+
+@dataclass(slots=True)
+class HttpContext:
+    """Shared dependencies of the HTTP app: channel adapters and the agent API."""
+
+    settings: Settings
+    sink: EnvelopeSink
+    metrics: AdapterMetrics
+    redis: Redis | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    keys: Keys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.settings.redis_prefix)
+
+    def now_ms(self) -> int:
+        """Current wall time in milliseconds."""
+        return int(self.clock.now() * 1000)
+
+
+#: A route module's ``install(app, ctx)``: adds its routes (and startup hooks) to the app.
+Installer = Callable[[web.Application, HttpContext], None]
+CONTEXT_KEY: web.AppKey[HttpContext] = web.AppKey("omni_context", HttpContext)
+
+
+async def read_limited(request: web.Request, max_body_bytes: int) -> bytes:
+    """Return the body, or raise PayloadTooLarge before buffering more than the limit."""
+    declared = request.content_length
+    if declared is not None and declared > max_body_bytes:
+        raise PayloadTooLarge(
+            f"body is {declared} bytes; the limit is {max_body_bytes} (split the batch)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise PayloadTooLarge(
+                f"body exceeds the limit of {max_body_bytes} bytes (split the batch)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+#: One dependency check for /readyz: returns normally when the dependency answers,
+#: raises (any exception, its text is shown) when it does not.
+ReadyCheck = Callable[[], Awaitable[None]]
+
+
+class Readiness:
+    """The dependencies' state now, checked concurrently and cached for ``cache_s``.
+
+    A load balancer polls /readyz often; the short cache keeps that from turning
+    into a ping storm while still reporting an outage within about a second.
+    """
+
+    def __init__(
+        self,
+        checks: Mapping[str, ReadyCheck],
+        *,
+        cache_s: float = 1.0,
+        timeout_s: float = 2.0,
+        info: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._checks = dict(checks)
+        self._cache_s = cache_s
+        self._timeout_s = timeout_s
+        self._info = info
+        self._cached: tuple[float, int, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _one(self, name: str, check: ReadyCheck) -> str | None:
+        try:
+            await asyncio.wait_for(check(), self._timeout_s)
+        except TimeoutError:
+            return f"{name}: no answer within {self._timeout_s:g} s"
+        except Exception as exc:  # any failure means not ready; the text says which
+            return f"{name}: {exc or type(exc).__name__}"
+        return None
+
+    async def status(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body): 200 ready, 503 with the problems."""
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self._cache_s:
+                return self._cached[1], self._cached[2]
+            results = await asyncio.gather(*(self._one(n, c) for n, c in self._checks.items()))
+            problems = [r for r in results if r is not None]
+            body: dict[str, Any] = dict(self._info()) if self._info is not None else {}
+            if problems:
+                code, body["status"], body["problems"] = 503, "unavailable", problems
+            else:
+                code, body["status"] = 200, "ready"
+            self._cached = (time.monotonic(), code, body)
+            return code, body
+
+
+def metrics_body(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``registry`` and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def add_probe_routes(
+    app: web.Application, registry: CollectorRegistry, readiness: Readiness
+) -> None:
+    """``GET /metrics``, ``/healthz`` (the process runs) and ``/readyz`` (it can serve)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        body, content_type = metrics_body(registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        code, body = await readiness.status()
+        return web.json_response(body, status=code)
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
