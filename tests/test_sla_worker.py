@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
+from fractions import Fraction
 
 import aiohttp
 import orjson
@@ -47,6 +49,23 @@ async def send_decisions(producer: AIOKafkaProducer, settings: Settings,
     for d in decisions:
         await producer.send(topic, d.to_json(), key=d.conversation_id.encode())
     await producer.flush()
+
+
+def _textbook_slots(rate_per_min: float, aht_s: float, target_s: float, level: float) -> int:
+    """Fewest servers for ``level`` answered within ``target_s``: Erlang C in closed form.
+
+    C(N, A) = (A^N / N! x N / (N - A)) / (sum_{k<N} A^k / k! + A^N / N! x N / (N - A)),
+    service level = 1 - C exp(-(N - A) T / AHT); computed exactly with fractions,
+    independently of the product's recurrence.
+    """
+    load = Fraction(rate_per_min) / 60 * Fraction(aht_s)
+    n = math.floor(load) + 1
+    while True:
+        top = load**n / math.factorial(n) * n / (n - load)
+        wait = top / (sum(load**k / math.factorial(k) for k in range(n)) + top)
+        if 1 - float(wait) * math.exp(-float(n - load) * target_s / aht_s) >= level:
+            return n
+        n += 1
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -170,15 +189,24 @@ async def test_arrival_surge_raises_surge_start_with_extra_agents(
     assert {s["scope"] for s in starts} >= {"all", "channel:wechat", "group:general"}
     group = next(s for s in starts if s["scope"] == "group:general")
     assert group["rate_per_min"] == 40
+    assert group["staffed_agents"] == 2
     assert group["staffed_slots"] == 6
-    assert isinstance(group["extra_agents"], int)
-    assert group["extra_agents"] > 0
+    # 40/min x 120 s = 80 erlangs; the textbook Erlang C gives 85 slots for 80 % in 30 s,
+    # x 1.2 reserve = 102 slots; (102 - 6) / 3 slots per agent = 32 more agents
+    needed = _textbook_slots(rate_per_min=40, aht_s=120, target_s=30, level=0.8)
+    assert needed == 85
+    assert group["offered_load_erlangs"] == 80
+    assert group["needed_slots"] == needed
+    assert group["required_slots"] == math.ceil(needed * 1.2) == 102
+    assert group["extra_agents"] == math.ceil((102 - 6) / 3) == 32
     on_topic = await consume_json(settings.kafka_bootstrap, settings.topic(topics.SURGE),
                                   lambda r: len(r) >= len(signals))
     assert {(s["type"], s["scope"]) for s in on_topic} == {
         (str(s["type"]), str(s["scope"])) for s in signals
     }
-    assert orjson.dumps(group)  # serialisable as produced
+    produced = next(s for s in on_topic
+                    if s["type"] == "surge.start" and s["scope"] == "group:general")
+    assert produced == orjson.loads(orjson.dumps(group))  # the record carries the same figures
     dead = await consume_json(settings.kafka_bootstrap, settings.topic(topics.DEAD_LETTER),
                               lambda r: len(r) >= 1)
     assert dead[0]["stage"] == "sla"
