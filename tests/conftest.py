@@ -82,3 +82,25 @@ def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.redis_url)
     yield client
     client.close()
+
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.when in ("setup", "call"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Under CI=true a skip must not pass quietly: name it on the very last line."""
+    if not _SKIPPED or os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reasons = sorted({s.split(": ", 1)[1] for s in _SKIPPED})
+    line = f"CI: {len(_SKIPPED)} test(s) SKIPPED, not run: " + " | ".join(reasons)
+    if reporter is not None:
+        reporter.write_line(line, yellow=True, bold=True)
+    else:
+        print(line)
