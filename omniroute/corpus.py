@@ -16,7 +16,8 @@ _CHANNELS = (Channel.APP, Channel.APP, Channel.WECHAT, Channel.WECHAT, Channel.L
 
 def bundled_texts() -> list[str]:
     """The 800 bundled review texts, in file order."""
-    raw = resources.files(__package__ or "omniroute").joinpath("data/messages.csv").read_text(encoding="utf-8")
+    data = resources.files(__package__ or "omniroute").joinpath("data/messages.csv")
+    raw = data.read_text(encoding="utf-8")
     return [row["text"] for row in csv.DictReader(raw.splitlines()) if row["text"].strip()]
 
 

@@ -17,7 +17,6 @@ import sysconfig
 import textwrap
 import venv
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,7 +67,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path]:
+def clean_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     """bin/ of a new virtual environment holding omniroute and the stub distributions."""
     base = tmp_path_factory.mktemp("venv")
     env_dir = base / "env"
@@ -84,12 +83,11 @@ def clean_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator
     # dependencies only: a plain directory entry, so the development environment's .pth
     # files (its editable checkout among them) are not processed
     (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    yield env_dir / "bin"
+    return env_dir / "bin"
 
 
 def _clean_env_vars() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OMNI_"))}
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OMNI_"))}
 
 
 def test_wheel_holds_only_the_omniroute_namespace(wheel: Path) -> None:
