@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -82,6 +84,39 @@ async def test_hmac_signed_request_is_accepted(http: tuple[TestClient, Collector
                "Content-Type": "application/json"}
     resp = await client.post("/v1/messages", data=body, headers=headers)
     assert resp.status == 202, await resp.text()
+
+
+def _stdlib_signature(secret: bytes, signed: bytes) -> str:
+    """The README's signature form, built with the standard library only."""
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+async def test_signature_built_from_the_documented_format_is_accepted(
+    http: tuple[TestClient, CollectorRegistry], topics_ready: Settings
+) -> None:
+    """README: X-Omni-Signature is sha256=<hex HMAC-SHA256 of "<ts>.<body>">."""
+    client, _ = http
+    body = orjson.dumps(message(13))
+    ts = str(int(time.time()))
+    good = _stdlib_signature(b"hmac-secret", ts.encode() + b"." + body)
+    resp = await client.post("/v1/messages", data=body, headers={
+        "X-Omni-Timestamp": ts, "X-Omni-Signature": good, "Content-Type": "application/json"})
+    assert resp.status == 202, await resp.text()
+    (record,) = await consume(topics_ready.kafka_bootstrap, topics_ready.topic(topics.INBOUND), 1)
+    assert Envelope.from_json(record.value).id == (await resp.json())["ids"][0]
+    # anything but exactly "<ts>.<body>" under the secret is refused
+    for wrong in (
+        _stdlib_signature(b"hmac-secret", body),
+        _stdlib_signature(b"hmac-secret", ts.encode() + body),
+        _stdlib_signature(b"hmac-secret", body + b"." + ts.encode()),
+        _stdlib_signature(b"other-secret", ts.encode() + b"." + body),
+        good.removeprefix("sha256="),
+    ):
+        refused = await client.post("/v1/messages", data=body, headers={
+            "X-Omni-Timestamp": ts, "X-Omni-Signature": wrong,
+            "Content-Type": "application/json"})
+        assert refused.status == 401, wrong
+        assert (await refused.json())["error"] == "bad_signature"
 
 
 @pytest.mark.parametrize(
