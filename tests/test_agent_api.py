@@ -19,8 +19,10 @@ from omniroute.router.keys import Keys
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import Band
 from omniroute.router.producer import EnvelopeProducer
+from omniroute.router.queues import RedisQueueStore
 from omniroute.router.settings import Settings
 from omniroute.sla.agent_api import AgentApiSettings, installer
+from tests.helpers import envelope
 from tests.test_sla_support import FakeClock, consume_json, decision, enqueue
 
 pytestmark = pytest.mark.integration
@@ -206,3 +208,24 @@ async def test_follow_up_message_stays_with_owner(
     assert got["claimed"]["message_id"] == "m-3"
     assert await aredis.hget(keys.assignment("c-9"), "agent") == b"a1"
     assert await aredis.hget(keys.assignment("c-9"), "message_id") == b"m-2"
+
+
+async def test_claimed_conversation_sticks_to_the_agent_for_the_router(
+    client: tuple[Client, FakeClock], aredis: Redis, settings: Settings
+) -> None:
+    """The claim script writes the conversation hash by hand-built key; the router reads it
+    through Keys. A follow-up must find the group the router stored and the claiming agent."""
+    tc, clock = client
+    keys = Keys(settings.redis_prefix)
+    t = clock.ms()
+    await enqueue(aredis, keys, [decision(1, conv="conv-cust-5", received_ms=t)])
+    assert await aredis.pttl(keys.conversation("conv-cust-5")) > 0  # the router's sticky TTL
+    await register(tc, "a1", ["general"], 1)
+    got = await (await tc.post("/v1/agents/a1/claim", headers=AUTH)).json()
+    assert got["claimed"]["conversation_id"] == "conv-cust-5"
+    store = RedisQueueStore(aredis, keys, decision_ttl_s=3600, repeat_window_s=60,
+                            sticky_window_s=3600)
+    follow_up = envelope(5, "还在吗", received_at_ms=t + 1_000)
+    assert follow_up.conversation_id == "conv-cust-5"
+    (facts,) = await store.facts([follow_up], t + 1_000)
+    assert (facts.sticky_group, facts.sticky_agent) == ("general", "a1")

@@ -13,6 +13,9 @@ from redis.asyncio import Redis
 
 from omniroute.router.keys import Keys
 from omniroute.router.models import Band, Channel, Decision, Priority, TagHit
+from omniroute.router.queues import RedisQueueStore
+from omniroute.router.settings import Settings, default_config_dir
+from omniroute.skills.config import load_config
 
 # 2026-11-25 10:00:00 Asia/Shanghai (a Wednesday, a working day, inside the morning shift)
 T0_MS = 1_795_572_000_000
@@ -62,14 +65,19 @@ def decision(
 
 
 async def enqueue(redis: Redis, keys: Keys, decisions: Sequence[Decision]) -> None:
-    """What the router's enqueue script leaves behind: decision hash + queue member."""
-    pipe = redis.pipeline(transaction=True)
-    for d in decisions:
-        pipe.hset(keys.decision(d.message_id),
-                  mapping={"group": d.skill_group, "decision": d.to_json()})
-        pipe.zadd(keys.queue(d.skill_group), {d.message_id: d.queue_score})
-        pipe.sadd(keys.groups(), d.skill_group)
-    await pipe.execute()
+    """Put decisions in Redis the way the router worker does: through its own enqueue
+    script (decision hash, queue member, groups set, conversation hash, TTLs), with the
+    router's default decision TTL and the shipped configuration's windows. A change of
+    key layout on either side then breaks the tests that build on this."""
+    routing = load_config(default_config_dir()).routing
+    store = RedisQueueStore(
+        redis, keys,
+        decision_ttl_s=Settings.model_fields["decision_ttl_s"].default,
+        repeat_window_s=routing.priority.repeat.window_s,
+        sticky_window_s=routing.sticky.window_s,
+    )
+    earlier = await store.enqueue(decisions, [d.to_json() for d in decisions])
+    assert earlier == [None] * len(decisions), "a decision was already in Redis"
 
 
 async def poll(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
