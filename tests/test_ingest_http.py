@@ -55,22 +55,40 @@ async def http(topics_ready: Settings) -> AsyncIterator[tuple[TestClient, Collec
     await producer.stop()
 
 
-async def test_batch_is_produced_before_the_202(
-    http: tuple[TestClient, CollectorRegistry], topics_ready: Settings
-) -> None:
-    client, registry = http
-    body = {"messages": [message(1, order={"id": "o1", "amount": 250}), message(2)]}
-    resp = await client.post("/v1/messages", json=body, headers=AUTH)
-    assert resp.status == 202, await resp.text()
-    ids = (await resp.json())["ids"]
-    records = await consume(topics_ready.kafka_bootstrap, topics_ready.topic(topics.INBOUND), 2)
-    envs = [Envelope.from_json(r.value) for r in records]
-    assert sorted(e.id for e in envs) == sorted(ids)
-    assert {e.order.amount for e in envs if e.order} == {250.0}
-    assert all(r.key == e.conversation_id.encode() for r, e in zip(records, envs, strict=True))
-    # a retry of the same channel message gets the same id (the router dedupes on it)
-    again = await client.post("/v1/messages", json=message(1), headers=AUTH)
-    assert (await again.json())["ids"] == [ids[0]]
+async def test_batch_is_produced_before_the_202(topics_ready: Settings) -> None:
+    """The 202 must not leave before the broker acknowledged: hold the produce and look."""
+    settings = topics_ready.model_copy(update={"max_batch_messages": 5})
+    registry = CollectorRegistry()
+    producer = EnvelopeProducer(settings)
+    sink = _GatedSink(producer)
+    client = TestClient(TestServer(build_http_app(
+        HttpContext(settings, sink, AdapterMetrics(registry)))))
+    await client.start_server()
+    try:
+        body = {"messages": [message(1, order={"id": "o1", "amount": 250}), message(2)]}
+        posting = asyncio.create_task(client.post("/v1/messages", json=body, headers=AUTH))
+        await asyncio.wait_for(sink.entered.wait(), 5)
+        # the produce is held: a handler that answered first (or produced in the
+        # background) would have its 202 on the wire by now
+        done, _ = await asyncio.wait({posting}, timeout=1.0)
+        assert not done, "answered while the produce was still waiting for the broker"
+        assert not sink.acked.is_set()
+        sink.gate.set()
+        resp = await asyncio.wait_for(posting, 10)
+        assert sink.acked.is_set()  # the broker's acks came before the answer
+        assert resp.status == 202, await resp.text()
+        ids = (await resp.json())["ids"]
+        records = await consume(settings.kafka_bootstrap, settings.topic(topics.INBOUND), 2)
+        envs = [Envelope.from_json(r.value) for r in records]
+        assert sorted(e.id for e in envs) == sorted(ids)
+        assert {e.order.amount for e in envs if e.order} == {250.0}
+        assert all(r.key == e.conversation_id.encode() for r, e in zip(records, envs, strict=True))
+        # a retry of the same channel message gets the same id (the router dedupes on it)
+        again = await client.post("/v1/messages", json=message(1), headers=AUTH)
+        assert (await again.json())["ids"] == [ids[0]]
+    finally:
+        await client.close()
+        await producer.stop()
     assert registry.get_sample_value(
         "omni_adapter_accepted_total", {"channel": "app", "account": "default"}
     ) == 3
@@ -207,11 +225,13 @@ class _GatedSink:
         self.producer = producer
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
+        self.acked = asyncio.Event()
 
     async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
         self.entered.set()
         await self.gate.wait()
         await self.producer.send_envelopes(envelopes)
+        self.acked.set()
 
     async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         await self.producer.send_records(topic, records)
