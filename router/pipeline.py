@@ -36,7 +36,7 @@ class Pipeline:
 
     def __init__(self, config: RoutingConfig) -> None:
         self.config = config
-        self.tagger = Tagger(config.taxonomy)
+        self.tagger = Tagger(config.taxonomy, config.model)
         self.priority = PriorityModel(config.routing.priority, config.taxonomy)
         self.rules = RuleSet(config.routing.rules)
         self._groups = config.groups.groups

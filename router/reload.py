@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..skills.config import CONFIG_FILES, load_config
+from ..skills.config import WATCHED_FILES, load_config
 from .exceptions import ConfigError
 from .metrics import RouterMetrics
 from .pipeline import Pipeline
@@ -35,7 +35,7 @@ class PipelineHolder:
 
     def _mtimes(self) -> tuple[float, ...]:
         out = []
-        for name in CONFIG_FILES:
+        for name in WATCHED_FILES:
             try:
                 out.append((self.directory / name).stat().st_mtime)
             except OSError:

@@ -15,14 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .exceptions import ConfigError
 from .groups import SkillGroups
+from .model import MODEL_FILE, TagModel, load_tag_model
 from .priority import PrioritySettings
 from .rules import Rule
 from .taxonomy import Taxonomy, load_taxonomy
 from .yamlconfig import LocatedYaml, load_model
 
-__all__ = ["CONFIG_FILES", "RoutingConfig", "RoutingFile", "Sticky", "load_config"]
+__all__ = [
+    "CONFIG_FILES",
+    "WATCHED_FILES",
+    "RoutingConfig",
+    "RoutingFile",
+    "Sticky",
+    "load_config",
+]
 
 CONFIG_FILES = ("taxonomy.yaml", "skill_groups.yaml", "routing.yaml")
+#: Every file whose change reloads the routing configuration (the model is optional).
+WATCHED_FILES = (*CONFIG_FILES, MODEL_FILE)
 
 
 class Sticky(BaseModel):
@@ -53,6 +63,7 @@ class RoutingConfig:
     taxonomy: Taxonomy
     groups: SkillGroups
     routing: RoutingFile
+    model: TagModel | None = None
 
     def __repr__(self) -> str:
         return (
@@ -136,10 +147,16 @@ def load_config(directory: Path) -> RoutingConfig:
         directory / "routing.yaml", RoutingFile, "see README, 'Configuration reference'"
     )
     _cross_check(groups, routing, taxonomy, gdoc, rdoc)
+    model: TagModel | None = None
+    model_path = directory / MODEL_FILE
+    if model_path.is_file():
+        model = load_tag_model(model_path)
+        model.check_against(taxonomy.issue_categories(), str(model_path))
     digest = hashlib.sha256()
-    for name in CONFIG_FILES:
-        digest.update((directory / name).read_bytes())
+    for name in WATCHED_FILES:
+        if (directory / name).is_file():
+            digest.update((directory / name).read_bytes())
     version = routing.version or f"sha256:{digest.hexdigest()[:12]}"
     if routing.version:
         version = f"{routing.version}+{digest.hexdigest()[:8]}"
-    return RoutingConfig(directory, version, taxonomy, groups, routing)
+    return RoutingConfig(directory, version, taxonomy, groups, routing, model)

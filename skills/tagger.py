@@ -1,19 +1,25 @@
-"""The hot-path keyword tagger: one Aho-Corasick pass over the normalised message.
+"""The hot-path tagger: one Aho-Corasick pass over the normalised message.
 
 Every keyword of the taxonomy (leaves and emotions) is normalised at build time and
 put into one automaton, so the cost of :meth:`Tagger.tag` grows with the message
 length and the number of hits, not with the number of keywords. Matches are then
 filtered by the taxonomy's negation rules (see docs/taxonomy.md).
+
+With a learned model (:mod:`skills.model`), its character n-grams go into the same
+automaton: the pass that finds the keywords also sums the n-gram weights, and the
+model then confirms, drops or adds each issue category, naming its evidence.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import ahocorasick
 
+from .model import TagModel
 from .normalize import SEPARATOR, Normalizer, default_normalizer
 from .taxonomy import NegationRules, Taxonomy
 from .vocabulary import TagHit
@@ -71,11 +77,15 @@ def _target(tag_id: str, is_emotion: bool, negatable: bool, keyword: str) -> _Ta
     return _Target((is_emotion, tag_id), negatable, keyword, 0, hit, alone)
 
 
+# Model n-gram weights as (category index, weight) pairs.
+_Weights = tuple[tuple[int, float], ...]
 # Automaton payload, a plain tuple for fast unpacking in the hot loop:
-# (length of the normalised keyword, word_start, word_end, targets). A keyword that
-# starts/ends with a latin letter or digit must not match inside a longer latin word
-# or number ("app" in "apple", "315" in "3150"). Stop phrases have no targets.
-_Entry = tuple[int, bool, bool, tuple[_Target, ...]]
+# (length of the normalised keyword, word_start, word_end, targets, weights, gram).
+# A keyword that starts/ends with a latin letter or digit must not match inside a
+# longer latin word or number ("app" in "apple", "315" in "3150"). Stop phrases have
+# no targets (()); model n-grams that are no keyword have targets None, and only
+# n-grams carry weights.
+_Entry = tuple[int, bool, bool, tuple[_Target, ...] | None, _Weights | None, str]
 
 # Characters put first among the automaton root's children (see _root_order). The
 # most frequent characters of modern Chinese, in frequency order.
@@ -188,15 +198,19 @@ class Tagger:
         ('logistics.delay',)
     """
 
-    __slots__ = ("_any_cue", "_automaton", "_keywords", "_negated", "_normalize", "taxonomy")
+    __slots__ = ("_any_cue", "_automaton", "_keywords", "_negated", "_normalize", "_scorer",
+                 "model", "taxonomy")
 
-    def __init__(self, taxonomy: Taxonomy) -> None:
-        """Compile ``taxonomy``.
+    def __init__(self, taxonomy: Taxonomy, model: TagModel | None = None) -> None:
+        """Compile ``taxonomy`` (and ``model``'s n-grams) into one automaton.
 
         Args:
             taxonomy: A validated taxonomy (see :func:`skills.taxonomy.load_taxonomy`).
+            model: An optional learned model over the taxonomy's issue categories.
         """
         self.taxonomy = taxonomy
+        self.model = model
+        self._scorer = _Scorer(taxonomy, model) if model is not None else None
         self._normalize = default_normalizer()
         negation = _Negation(taxonomy.negation, self._normalize)
         self._negated = negation.negated
@@ -213,16 +227,22 @@ class Tagger:
                 targets.setdefault(self._normalize(kw), []).append(target)
         self._keywords = sorted(targets)
         _attach_inner(targets)
+        weights = self._scorer.weights if self._scorer is not None else {}
         automaton = ahocorasick.Automaton()
         for ch in _root_order(self._keywords):
-            automaton.add_word(ch + _NEVER, (2, False, False, ()))
+            automaton.add_word(ch + _NEVER, (2, False, False, (), None, ""))
+        entries: dict[str, _Entry] = {}
         for phrase in taxonomy.stop_phrases:
             norm = self._normalize(phrase)
             if norm not in targets:  # a stop phrase that is also a keyword stays a keyword
-                automaton.add_word(norm, (len(norm), False, False, ()))
+                entries[norm] = (len(norm), False, False, (), weights.get(norm), norm)
         for norm, found in targets.items():
             word_start, word_end = _is_word_char(norm[0]), _is_word_char(norm[-1])
-            entry: _Entry = (len(norm), word_start, word_end, tuple(found))
+            entries[norm] = (len(norm), word_start, word_end, tuple(found), weights.get(norm), norm)
+        for gram, w in weights.items():
+            if gram not in entries:
+                entries[gram] = (len(gram), False, False, None, w, gram)
+        for norm, entry in entries.items():
             automaton.add_word(norm, entry)
         automaton.make_automaton()
         self._automaton = automaton
@@ -253,9 +273,16 @@ class Tagger:
         # matches by end position, so a new match can only contain earlier ones that
         # start at or after it, which are at the top of the stack.
         spans: list[tuple[int, int, tuple[_Target, ...]]] = []
+        grams: list[tuple[str, _Weights]] = []
         last = len(norm) - 1
         negated = self._negated
-        for end, (length, word_start, word_end, targets) in self._automaton.iter(norm):
+        for end, (length, word_start, word_end, targets, weights, gram) in self._automaton.iter(
+            norm
+        ):
+            if weights is not None:
+                grams.append((gram, weights))
+            if targets is None:
+                continue  # an n-gram of the model only
             start = end - length + 1
             if (word_start and start > 0 and _is_word_char(norm[start - 1])) or (
                 word_end and end < last and _is_word_char(norm[end + 1])
@@ -266,8 +293,9 @@ class Tagger:
             if spans and spans[-1][1] == end:
                 continue  # inside the longer match already on the stack
             spans.append((start, end, targets))
+        scorer = self._scorer
         if not spans:
-            return EMPTY
+            return EMPTY if scorer is None else scorer.decide(None, grams)
         # One scan of the message saves a window check per keyword when it has no cue.
         negatable = self._any_cue(norm)
         hits: dict[tuple[bool, str], list[_Target]] | None = None
@@ -283,6 +311,8 @@ class Tagger:
                     hits[target.key] = [target]
                 elif all(t.keyword != target.keyword for t in found):
                     found.append(target)
+        if scorer is not None:
+            return scorer.decide(hits, grams)
         if hits is None:
             return EMPTY
         if len(hits) == 1:
@@ -300,6 +330,97 @@ class Tagger:
 
 def _merge(found: list[_Target]) -> TagHit:
     return TagHit(found[0].key[1], tuple(t.keyword for t in found))
+
+
+_EVIDENCE: Final = 4  # n-grams named per tag
+
+
+class _Scorer:
+    """The compiled model: per-category bias, cut-off and keyword weights, by index."""
+
+    __slots__ = ("_bias", "_cats", "_cut", "_final", "_kw", "_leaf", "weights")
+
+    def __init__(self, taxonomy: Taxonomy, model: TagModel) -> None:
+        issue = taxonomy.issue_categories()
+        model.check_against(issue, "tag model")
+        self._cats = tuple(model.categories)
+        index = {c: i for i, c in enumerate(self._cats)}
+        self._bias = [model.categories[c].bias for c in self._cats]
+        self._cut = [model.categories[c].threshold_logit for c in self._cats]
+        self._final = frozenset(model.keyword_final)
+        self._leaf = [f"{c}.{taxonomy.categories[c].model_leaf_or_first()}" for c in self._cats]
+        kw: dict[str, list[tuple[int, float]]] = {}
+        for c in self._cats:
+            for k, w in model.categories[c].keyword_weights.items():
+                if w:
+                    kw.setdefault(k, []).append((index[c], w))
+        self._kw = {k: tuple(v) for k, v in kw.items()}
+        self.weights: dict[str, _Weights] = {
+            gram: tuple((index[c], w) for c, w in ws.items() if w)
+            for gram, ws in model.ngrams.items()
+        }
+
+    def decide(
+        self, hits: dict[tuple[bool, str], list[_Target]] | None, grams: list[tuple[str, _Weights]]
+    ) -> TagResult:
+        """Keyword hits plus n-gram weights -> the tags the model keeps, drops or adds."""
+        scores = self._bias.copy()
+        for _, weights in grams:
+            for i, w in weights:
+                scores[i] += w
+        keyword_cats: set[str] = set()
+        if hits is not None:
+            for is_emotion, tag_id in hits:
+                if not is_emotion:
+                    keyword_cats.add(tag_id.partition(".")[0])
+            for cat in keyword_cats:
+                for i, w in self._kw.get(cat, ()):
+                    scores[i] += w
+        fired: dict[str, int] = {}
+        for i, cat in enumerate(self._cats):
+            if scores[i] >= self._cut[i] or (cat in self._final and cat in keyword_cats):
+                fired[cat] = i
+        tags: list[TagHit] = []
+        emotions: list[TagHit] = []
+        covered: set[str] = set()
+        if hits is not None:
+            for key in sorted(hits):
+                found = hits[key]
+                hit = found[0].hit if len(found) == 1 else _merge(found)
+                if key[0]:
+                    emotions.append(hit)
+                    continue
+                cat = key[1].partition(".")[0]
+                i = fired.get(cat, -1)
+                if i < 0:
+                    if cat in self._cats:
+                        continue  # the model out-voted this keyword
+                    tags.append(hit)  # a topic category the model does not score
+                    continue
+                covered.add(cat)
+                tags.append(TagHit(hit.id, hit.keywords, _prob(scores[i]),
+                                   _evidence(grams, i)))
+        for cat, i in fired.items():
+            if cat not in covered:
+                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), _evidence(grams, i)))
+        if not tags and not emotions:
+            return EMPTY
+        tags.sort(key=lambda t: t.id)
+        return TagResult(tags=tuple(tags), emotions=tuple(emotions))
+
+
+def _prob(score: float) -> float:
+    return round(1.0 / (1.0 + math.exp(-score)), 3)
+
+
+def _evidence(grams: list[tuple[str, _Weights]], index: int) -> tuple[tuple[str, float], ...]:
+    best: dict[str, float] = {}
+    for gram, weights in grams:
+        for i, w in weights:
+            if i == index and w > 0:
+                best[gram] = best.get(gram, 0.0) + w
+    top = sorted(best.items(), key=lambda kv: -kv[1])[:_EVIDENCE]
+    return tuple((g, round(w, 3)) for g, w in top)
 
 
 def _attach_inner(targets: dict[str, list[_Target]]) -> None:

@@ -96,11 +96,26 @@ class Leaf(_Frozen):
 
 
 class Category(_Frozen):
-    """A top-level issue category (e.g. ``logistics``) and its leaves."""
+    """A top-level category (e.g. ``logistics``) and its leaves.
+
+    Attributes:
+        issue: True for the categories of the labelling contract (docs/LABELLING.md),
+            which the learned model scores and ``omniroute eval`` measures; False for
+            topics that are not an issue by themselves (pre-sale questions, live-room
+            talk), which route by keywords alone.
+        model_leaf: The leaf a tag gets when the model raises this category without
+            a keyword of it (its evidence is then n-grams only).
+    """
 
     name: Annotated[str, StringConstraints(min_length=1)]
     children: Annotated[dict[Ident, Leaf], Field(min_length=1)]
     description: str = ""
+    issue: bool = True
+    model_leaf: Ident = "general"
+
+    def model_leaf_or_first(self) -> str:
+        """``model_leaf`` when this category has it, else its first leaf."""
+        return self.model_leaf if self.model_leaf in self.children else next(iter(self.children))
 
 
 class Emotion(_Frozen):
@@ -163,6 +178,10 @@ class Taxonomy(_Frozen):
             return self.categories[cat].children[child]
         except KeyError:
             raise KeyError(f"unknown tag id {tag_id!r}; expected one of tag_ids()") from None
+
+    def issue_categories(self) -> list[str]:
+        """The categories of the labelling contract, in file order."""
+        return [cid for cid, cat in self.categories.items() if cat.issue]
 
     def tag_ids(self) -> list[str]:
         """Every ``category.leaf`` id, sorted."""

@@ -63,10 +63,19 @@ class Band(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TagHit:
-    """A taxonomy tag and the keywords that produced it."""
+    """A taxonomy tag and the evidence that produced it.
 
-    id: str  # e.g. logistics.delay
+    Attributes:
+        id: ``category.leaf``, e.g. ``logistics.delay``.
+        keywords: The taxonomy keywords found in the text (as written in the config).
+        score: The learned model's probability for the category, when a model scored it.
+        evidence: The model's strongest n-grams for it, with their weights.
+    """
+
+    id: str
     keywords: tuple[str, ...]
+    score: float | None = None
+    evidence: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
