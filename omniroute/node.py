@@ -104,6 +104,18 @@ def run_worker(settings: Settings, with_http: bool, loglevel: str = "info") -> N
         app.task(ingest)
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    with contextlib.suppress(SystemExit):  # faust exits the process's way; we log first
+    code: object = 0
+    try:
         worker.execute_from_commandline()
-    log.info("worker exited; %d records routed", runtime.router.processed)
+    except SystemExit as exc:  # faust always leaves this way; 0 after a clean stop
+        code = exc.code
+    crash: BaseException | None = worker.crash_reason
+    if crash is None and code in (0, None):
+        log.info("worker exited; %d records routed", runtime.router.processed)
+        return
+    # Supervisors restart on a non-zero status only: a crashed task must not look clean.
+    status = code if isinstance(code, int) and code != 0 else 1
+    why = f"{type(crash).__name__}: {crash}" if crash is not None else f"exit status {code!r}"
+    log.error("worker crashed (%s) after %d records routed; exiting with status %d",
+              why, runtime.router.processed, status)
+    raise SystemExit(status)
