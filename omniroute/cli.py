@@ -12,7 +12,9 @@ import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
+from .router import format_validation_error
 from .router.exceptions import ConfigError, OmniError
 from .router.settings import Settings, default_config_dir
 
@@ -32,6 +34,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(topics_app, name="topics")
 app.add_typer(customers_app, name="customers")
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+SECRET_SETTINGS = ("TOKEN", "SECRET", "PASSWORD", "SALT")  # never echoed in an error
 
 ConfigDirOpt = Annotated[
     Path | None,
@@ -44,9 +47,8 @@ def _settings(config: Path | None = None) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        err.print(f"[red]invalid environment setting {first['loc'][0]}: {first['msg']} "
-                  f"(got {first.get('input')!r})[/red]")
+        problem = format_validation_error(exc, hide=SECRET_SETTINGS, limit=1)
+        err.print(f"[red]invalid environment setting {escape(problem)}[/red]")
         raise typer.Exit(2) from None
     if config is not None:
         settings = settings.model_copy(update={"config_dir": config})
@@ -283,6 +285,81 @@ def schema(
     except KeyError:
         err.print(f"[red]unknown schema {which!r}; use envelope or decision[/red]")
         raise typer.Exit(2) from None
+
+
+_LABELLED = Path("tests/data/labelled")
+
+
+@app.command("eval")
+def eval_(
+    files: Annotated[list[Path], typer.Argument(help="labelled JSON-lines files")],
+    split: Annotated[str | None, typer.Option(help="train, dev or test (default: all)")] = None,
+    config: ConfigDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON report per file")] = False,
+    worst: Annotated[int, typer.Option(help="how many worst examples to show", min=0)] = 10,
+) -> None:
+    """Tagging accuracy per category on labelled messages (see docs/labelling.md)."""
+    from .evaluate import evaluate, read_labelled, render
+    from .skills.config import load_config
+    from .skills.tagger import Tagger
+
+    try:
+        cfg = load_config(config or default_config_dir())
+        tagger = Tagger(cfg.taxonomy, cfg.model)
+        for path in files:
+            examples = read_labelled(path, split)
+            report = evaluate(tagger, examples, file=str(path), split=split,
+                              config_version=cfg.version, worst=worst)
+            if as_json:
+                sys.stdout.buffer.write(report.to_json() + b"\n")
+            else:
+                for line in render(report):
+                    typer.echo(line)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def train(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="labelled JSON-lines files (default: tests/data/labelled/*.jsonl)")] = None,
+    config: ConfigDirOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="model file to write (default: CONFIG/tag_model.json)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
+) -> None:
+    """Rebuild the tagger's learned model from the train split; print the dev eval."""
+    from .evaluate import evaluate, read_labelled, render
+    from .skills.config import load_config
+    from .skills.model import MODEL_FILE
+    from .skills.tagger import Tagger
+    from .train import TrainOptions, check_format
+    from .train import train as fit
+
+    directory = config or default_config_dir()
+    paths = files or sorted(_LABELLED.glob("*.jsonl"))
+    if not paths:
+        err.print("[red]no labelled files given and none in tests/data/labelled/[/red]")
+        raise typer.Exit(2)
+    try:
+        cfg = load_config(directory)
+        model, figures = fit(paths, cfg.taxonomy, TrainOptions(seed=seed))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    except ImportError as exc:
+        err.print(f"[red]training needs scikit-learn: pip install 'omniroute[train]' ({exc})")
+        raise typer.Exit(2) from None
+    text = model.dumps()
+    check_format(text)
+    target = out or directory / MODEL_FILE
+    target.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {target}: {figures['ngrams']} n-grams, sha256:{model.digest}")
+    tagger = Tagger(cfg.taxonomy, model)
+    for path in paths:
+        report = evaluate(tagger, read_labelled(path, "dev"), file=str(path), split="dev",
+                          config_version=f"model sha256:{model.digest}", worst=0)
+        for line in render(report):
+            typer.echo(line)
 
 
 def main() -> None:

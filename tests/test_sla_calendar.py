@@ -117,11 +117,11 @@ def test_shipped_config_loads_with_handbook_defaults() -> None:
     assert complaint is not None
     assert complaint.target_s == 86400
     assert config.policy_for("wechat", "P2", "logistics", ["logistics.delay"]).id == "order-delay"
-    review = config.policy_for("email", "P3", "quality", ["quality.dissatisfied"])
+    review = config.policy_for("email", "P3", "quality", ["feedback.dissatisfied"])
     assert review.id == "negative-review"
     assert review.first_response is not None
     assert review.first_response.target_s == 48 * 3600
-    assert config.policy_for("email", "P2", "general", ["service.complaint"]).id == "complaint"
+    assert config.policy_for("email", "P2", "general", ["feedback.complaint"]).id == "complaint"
     assert config.policy_for("wechat", "P2", "complaints_qa").id == "chat-complaint"
     assert config.surge.staffing_reserve >= 1.2
     assert config.calendars["default"].hours[1][0].strftime("%H:%M") == "13:30"

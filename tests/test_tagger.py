@@ -187,10 +187,10 @@ def test_mechanics(
         ("价格3150元", set(), {"legal.regulator"}),
         # non-food desks
         ("手机充不进电，还死机", {"quality.malfunction"}, set()),
-        ("刚买就降价了，能价保吗", {"promotion.price_protection"}, set()),
+        ("刚买就降价了，能价保吗", {"payment.price_protection"}, set()),
         ("主播说买一送一，结果没送", {"livestream.host_promise"}, set()),
         ("航班延误了四个小时", {"travel.flight"}, {"logistics.delay"}),
-        ("家里宽带又断网了", {"telecom.network"}, set()),
+        ("家里宽带又断网了", {"quality.network"}, set()),
         # praise stays quiet
         ("非常好吃，送餐也快，好评", set(), {"logistics.delay", "quality.taste"}),
         ("不好意思，麻烦帮我看一下", set(), {"quality.dissatisfied"}),
