@@ -1,4 +1,7 @@
-"""The worker process (faust App): /readyz, /metrics, SIGHUP reload, SIGTERM drain."""
+"""The worker process (faust App): /readyz, /metrics, SIGHUP reload, clean SIGTERM exit.
+
+SIGTERM with a batch in hand (the drain) is tested in tests/test_worker_drain.py.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _until(pred: object, proc: subprocess.Popen[bytes], log: Path, timeout_s: fl
         time.sleep(0.1)
 
 
-def test_changed_config_reloads_without_restart_and_sigterm_drains(
+def test_changed_config_reloads_without_restart_and_sigterm_exits_cleanly(
     topics_ready: Settings, tmp_path: Path
 ) -> None:
     cfg = tmp_path / "cfg"
