@@ -336,3 +336,41 @@ async def test_lifecycle_is_idempotent(settings: Settings) -> None:
     unconfigured, _ = await build_edge(settings, None, OMNI_EMAIL_DOMAINS="")
     with pytest.raises(ValueError, match="OMNI_EMAIL_DOMAINS"):
         await unconfigured.start()
+
+
+async def test_one_data_to_several_mailboxes_gives_one_envelope_per_mailbox(
+    edge: Edge, topics_ready: Settings
+) -> None:
+    """Each of our mailboxes is an account: one envelope each, deduped per mailbox."""
+    raw = gb_multipart("gb2312", "<multi@example.com>", "两个邮箱都发了")
+    # a repeated recipient (other case) and a refused one do not change the accepted set
+    refused = await edge.send(raw, ["kefu@shop.example", "VIP@shop.example",
+                                    "Kefu@Shop.example", "nobody@shop.example"])
+    assert set(refused) == {"nobody@shop.example"}
+    got = await consume(topics_ready, lambda envs: len(envs) >= 2)
+    assert sorted(e.account for _, e in got) == ["kefu@shop.example", "vip@shop.example"]
+    (k1, e1), (k2, e2) = got
+    assert e1.id != e2.id  # the router dedupes on the id: both must survive it
+    assert e1.channel_msg_id == e2.channel_msg_id == "multi@example.com"
+    assert e1.conversation_id == e2.conversation_id == "email:multi@example.com"
+    assert k1 == k2 == b"email:multi@example.com"
+    assert e1.text == e2.text == "朱镕基\n\n两个邮箱都发了"
+    assert e1.customer == e2.customer
+    for mailbox in ("kefu@shop.example", "vip@shop.example"):
+        assert edge.metric("omni_adapter_accepted_total", channel="email", account=mailbox) == 1
+
+    # The MTA retries the same mail to one of them plus a third: only the third is new.
+    assert await edge.send(raw, ["vip@shop.example", "sales@shop.example"]) == {}
+    # The whole first transaction again: nothing new, still 250.
+    assert await edge.send(raw, ["kefu@shop.example", "vip@shop.example"]) == {}
+    await edge.send(gb_multipart("gb2312", "<marker@example.com>", "标记"), ["ops@shop.example"])
+    got = await consume(topics_ready,
+                        lambda envs: any(e.channel_msg_id == "marker@example.com" for e in envs))
+    multi = sorted(e.account for _, e in got if e.channel_msg_id == "multi@example.com")
+    assert multi == ["kefu@shop.example", "sales@shop.example", "vip@shop.example"]
+    assert edge.metric("omni_adapter_duplicates_total", channel="email",
+                       account="vip@shop.example") == 2
+    assert edge.metric("omni_adapter_duplicates_total", channel="email",
+                       account="kefu@shop.example") == 1
+    assert edge.metric("omni_adapter_accepted_total", channel="email",
+                       account="sales@shop.example") == 1
