@@ -8,10 +8,12 @@ hand instead of going through a validation library, and raises
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -48,6 +50,14 @@ __all__ = [
 ENVELOPE_SCHEMA_VERSION: Final = 1
 DECISION_SCHEMA_VERSION: Final = 1
 MAX_TEXT_CHARS: Final = 20_000  # longer texts are truncated by adapters, refused by the router
+# ms since the epoch; below 1e13 (year 2286), the span of one band in a queue score
+MAX_TIMESTAMP_MS: Final = 10**13 - 1
+MAX_AMOUNT: Final = 1e12  # order amounts (yuan) must be below this
+MAX_SIZE_BYTES: Final = 2**53 - 1  # attachment sizes: integers every JSON reader keeps exact
+INT64_MIN: Final = -(2**63)  # integers in meta must fit a signed 64-bit integer
+INT64_MAX: Final = 2**63 - 1
+SHOWN_CHARS: Final = 80  # a bad value is shown in an error cut to this many characters
+E = TypeVar("E", Channel, EntryKind)
 
 
 def message_id(channel: str, account: str, channel_msg_id: str) -> str:
@@ -151,38 +161,32 @@ class Envelope:
 
     @classmethod
     def from_dict(cls, data: Any) -> Envelope:
-        """Build from decoded JSON, checking every field's type."""
+        """Build from decoded JSON, checking every field's type.
+
+        Any malformed shape raises InvalidEnvelope naming the field, never another
+        exception: one bad record must not stop the router.
+        """
         if not isinstance(data, dict):
-            raise InvalidEnvelope(f"envelope must be a JSON object, got {type(data).__name__}")
+            raise InvalidEnvelope(f"envelope must be a JSON object, got {_kind(data)}")
         schema = data.get("schema", ENVELOPE_SCHEMA_VERSION)
-        if schema != ENVELOPE_SCHEMA_VERSION:
+        if type(schema) is not int or schema != ENVELOPE_SCHEMA_VERSION:
             raise InvalidEnvelope(
-                f"unsupported envelope schema {schema!r}; this router reads schema "
+                f"unsupported envelope schema {_show(schema)}; this router reads schema "
                 f"{ENVELOPE_SCHEMA_VERSION}"
             )
-        try:
-            channel = Channel(data["channel"])
-        except KeyError:
-            raise InvalidEnvelope("missing field 'channel'") from None
-        except ValueError:
-            raise InvalidEnvelope(
-                f"field 'channel' must be one of {[c.value for c in Channel]}, "
-                f"got {data['channel']!r}"
-            ) from None
+        if "channel" not in data:
+            raise InvalidEnvelope("missing field 'channel'")
+        channel = _enum(Channel, data["channel"], "channel")
         text = _str(data, "text")
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidEnvelope(f"field 'text' is {len(text)} characters; limit {MAX_TEXT_CHARS}")
         cust = data.get("customer")
         if not isinstance(cust, dict):
-            raise InvalidEnvelope("field 'customer' must be an object with an 'id'")
+            raise InvalidEnvelope(
+                f"field 'customer' must be an object with an 'id', got {_kind(cust)}"
+            )
         entry_d = data.get("entry")
         order_d = data.get("order")
-        meta = data.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise InvalidEnvelope("field 'meta' must be an object")
-        hints = data.get("hints") or ()
-        if not isinstance(hints, list | tuple) or not all(isinstance(h, str) for h in hints):
-            raise InvalidEnvelope("field 'hints' must be a list of strings")
         return cls(
             id=_str(data, "id"),
             channel=channel,
@@ -195,13 +199,14 @@ class Envelope:
                 tier=_opt_str(cust, "tier", "customer.tier"),
             ),
             text=text,
-            received_at_ms=_int(data, "received_at_ms"),
-            sent_at_ms=_opt_int(data, "sent_at_ms"),
-            attachments=tuple(_attachment(a) for a in data.get("attachments") or ()),
+            received_at_ms=_timestamp_ms(data, "received_at_ms"),
+            sent_at_ms=(None if data.get("sent_at_ms") is None
+                        else _timestamp_ms(data, "sent_at_ms")),
+            attachments=tuple(_attachment(a, i) for i, a in enumerate(_list(data, "attachments"))),
             entry=_entry(entry_d) if entry_d is not None else None,
             order=_order(order_d) if order_d is not None else None,
-            hints=tuple(hints),
-            meta=meta,
+            hints=_hints(data),
+            meta=_meta(data),
             raw_ref=_opt_str(data, "raw_ref"),
         )
 
@@ -249,10 +254,49 @@ def dumps(obj: object) -> bytes:
     return orjson.dumps(obj)
 
 
+def _shortener() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxstring = short.maxother = SHOWN_CHARS
+    return short
+
+
+# a full repr() fails on a deeply nested value (RecursionError) or a huge integer
+_SHORT: Final = _shortener()
+
+
+def _show(value: Any) -> str:
+    """A bad value, for an error message: depth- and length-bounded, never raising."""
+    try:
+        shown = _SHORT.repr(value)
+    except ValueError:  # an integer longer than Python's int-to-str limit
+        shown = f"<{_kind(value)}>"
+    return shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for "must be an object, got ..." messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def _str(d: Mapping[str, Any], key: str, path: str | None = None) -> str:
     value = d.get(key)
     if not isinstance(value, str) or not value:
-        raise InvalidEnvelope(f"field '{path or key}' must be a non-empty string, got {value!r}")
+        raise InvalidEnvelope(
+            f"field '{path or key}' must be a non-empty string, got {_show(value)}"
+        )
     return value
 
 
@@ -260,53 +304,113 @@ def _opt_str(d: Mapping[str, Any], key: str, path: str | None = None) -> str | N
     value = d.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise InvalidEnvelope(f"field '{path or key}' must be a string or null, got {value!r}")
+    raise InvalidEnvelope(f"field '{path or key}' must be a string or null, got {_show(value)}")
 
 
-def _int(d: Mapping[str, Any], key: str) -> int:
+def _timestamp_ms(d: Mapping[str, Any], key: str) -> int:
     value = d.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidEnvelope(f"field '{key}' must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        0 <= value <= MAX_TIMESTAMP_MS
+    ):
+        raise InvalidEnvelope(
+            f"field '{key}' must be a non-negative integer of milliseconds since the epoch, "
+            f"at most {MAX_TIMESTAMP_MS}, got {_show(value)}"
+        )
     return value
 
 
-def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
-    return None if d.get(key) is None else _int(d, key)
+def _enum(kind: type[E], value: Any, path: str) -> E:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    raise InvalidEnvelope(
+        f"field '{path}' must be one of {[k.value for k in kind]}, got {_show(value)}"
+    )
 
 
-def _attachment(a: Any) -> Attachment:
+def _list(d: Mapping[str, Any], key: str) -> list[Any] | tuple[Any, ...]:
+    """An optional array field: absent and null are empty."""
+    value = d.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise InvalidEnvelope(f"field '{key}' must be an array or null, got {_show(value)}")
+    return value
+
+
+def _hints(d: Mapping[str, Any]) -> tuple[str, ...]:
+    hints = _list(d, "hints")
+    for i, hint in enumerate(hints):
+        if not isinstance(hint, str):
+            raise InvalidEnvelope(
+                f"field 'hints' must be a list of strings; hints[{i}] is {_show(hint)}"
+            )
+    return tuple(hints)
+
+
+def _meta(d: Mapping[str, Any]) -> dict[str, str | int]:
+    meta = d.get("meta")
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidEnvelope(f"field 'meta' must be an object or null, got {_show(meta)}")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise InvalidEnvelope(f"field 'meta' must have string keys, got {_show(key)}")
+        if isinstance(value, str):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+            INT64_MIN <= value <= INT64_MAX
+        ):
+            raise InvalidEnvelope(
+                f"field 'meta.{key}' must be a string or a 64-bit integer, got {_show(value)}"
+            )
+    return meta
+
+
+def _attachment(a: Any, i: int) -> Attachment:
+    path = f"attachments[{i}]"
     if not isinstance(a, dict):
-        raise InvalidEnvelope("each of 'attachments' must be an object with 'kind' and 'ref'")
+        raise InvalidEnvelope(
+            f"field '{path}' must be an object with 'kind' and 'ref', got {_show(a)}"
+        )
     size = a.get("size_bytes")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
-        raise InvalidEnvelope(f"field 'attachments[].size_bytes' must be an integer, got {size!r}")
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE_BYTES
+    ):
+        raise InvalidEnvelope(
+            f"field '{path}.size_bytes' must be an integer between 0 and {MAX_SIZE_BYTES} "
+            f"or null, got {_show(size)}"
+        )
     return Attachment(
-        kind=_str(a, "kind", "attachments[].kind"),
-        ref=_str(a, "ref", "attachments[].ref"),
-        name=_opt_str(a, "name", "attachments[].name"),
+        kind=_str(a, "kind", f"{path}.kind"),
+        ref=_str(a, "ref", f"{path}.ref"),
+        name=_opt_str(a, "name", f"{path}.name"),
         size_bytes=size,
     )
 
 
 def _entry(e: Any) -> Entry:
     if not isinstance(e, dict):
-        raise InvalidEnvelope("field 'entry' must be an object with 'kind' and 'id'")
-    try:
-        kind = EntryKind(str(e.get("kind")))
-    except ValueError:
         raise InvalidEnvelope(
-            f"field 'entry.kind' must be one of {[k.value for k in EntryKind]}, "
-            f"got {e.get('kind')!r}"
-        ) from None
-    return Entry(kind=kind, id=_str(e, "id", "entry.id"))
+            f"field 'entry' must be an object with 'kind' and 'id' or null, got {_show(e)}"
+        )
+    return Entry(kind=_enum(EntryKind, e.get("kind"), "entry.kind"), id=_str(e, "id", "entry.id"))
 
 
 def _order(o: Any) -> Order:
     if not isinstance(o, dict):
-        raise InvalidEnvelope("field 'order' must be an object with an 'id'")
+        raise InvalidEnvelope(
+            f"field 'order' must be an object with an 'id' or null, got {_show(o)}"
+        )
     amount = o.get("amount")
-    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int | float)):
-        raise InvalidEnvelope(f"field 'order.amount' must be a number, got {amount!r}")
-    if amount is not None and not 0 <= amount < 1e12:
-        raise InvalidEnvelope(f"field 'order.amount' must be between 0 and 1e12, got {amount!r}")
+    if amount is not None:
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise InvalidEnvelope(f"field 'order.amount' must be a number, got {_show(amount)}")
+        # NaN fails every comparison, so this refuses NaN and both infinities too
+        if not 0 <= amount < MAX_AMOUNT:
+            raise InvalidEnvelope(
+                f"field 'order.amount' must be a finite number from 0 to below {MAX_AMOUNT:g}, "
+                f"got {_show(amount)}"
+            )
     return Order(id=_str(o, "id", "order.id"), amount=None if amount is None else float(amount))

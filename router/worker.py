@@ -22,39 +22,32 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from . import topics
+from . import kafka, topics
 from .dead_letter import dead_letter_record
 from .exceptions import BrokerUnavailable, InvalidEnvelope
+from .lifecycle import Lifecycle
 from .metrics import RouterMetrics
 from .models import Decision, Envelope
 from .pipeline import Pipeline
-from .produce import produce_keyed
 from .queues import QueueStore, depths_of
+from .retry import retrying
 from .settings import Settings
 
-__all__ = ["BatchResult", "BatchRouter", "Prepared", "consumer_timeouts"]
+__all__ = ["BatchResult", "BatchRouter", "Prepared"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-MAX_BACKOFF_S = 5.0
 MAX_IN_FLIGHT_BATCHES = 2  # decided batches whose effects may be applying at once
-
-
-def consumer_timeouts(settings: Settings) -> dict[str, int]:
-    """Group-membership timeouts: short for tests and the demo, Kafka's defaults otherwise."""
-    if settings.fast_rebalance:
-        return {"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000,
-                "heartbeat_interval_ms": 1000}
-    return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
-            "heartbeat_interval_ms": 3000}
+#: What a batch step retries on (with backoff) instead of skipping the batch.
+TRANSIENT = (RedisError, KafkaError, OSError, BrokerUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +72,7 @@ class BatchResult:
     dead_letters: int
 
 
-class BatchRouter:
+class BatchRouter(Lifecycle):
     """Consumes omni.inbound in one consumer group; ``start``/``stop`` are idempotent."""
 
     def __init__(
@@ -104,51 +97,16 @@ class BatchRouter:
         self._depths: dict[str, int] = {}
         self.processed = 0
 
-    async def start(self) -> None:
-        """Connect the consumer (joins the group) and the producer."""
-        if self._consumer is not None:
-            return
+    async def _start(self) -> None:
+        """Connect the producer and the consumer (joins the group)."""
         self._stopping.clear()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=self.settings.kafka_idempotence,
-            linger_ms=5,
-            max_batch_size=1_048_576,
-        )
-        consumer = AIOKafkaConsumer(
-            self.inbound,
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.batch_max_records,
-            fetch_max_bytes=64 * 1024 * 1024,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            **consumer_timeouts(self.settings),
-        )
-        await producer.start()
-        try:
-            await consumer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        self._producer, self._consumer = producer, consumer
+        self._producer = kafka.producer(self.settings, batch=True)
+        await self._producer.start()
+        self._consumer = kafka.consumer(self.settings, self.inbound,
+                                        group_id=self.settings.consumer_group)
+        await self._consumer.start()
 
-    async def check_broker(self) -> None:
-        """Readiness: the broker answers a metadata request now."""
-        consumer = self._consumer
-        if consumer is None:
-            raise BrokerUnavailable("not connected to Kafka yet")
-        try:
-            await asyncio.wait_for(consumer._client.fetch_all_metadata(), 5.0)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"Kafka does not answer ({exc!r})") from exc
-
-    async def stop(self) -> None:
-        """Stop consuming; the current batch finishes and commits first (see ``run``)."""
-        self._stopping.set()
+    async def _stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if consumer is not None:
@@ -156,18 +114,23 @@ class BatchRouter:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> BatchRouter:
-        await self.start()
-        return self
+    async def check_broker(self) -> None:
+        """Readiness: the broker answers a metadata request now."""
+        consumer = self._consumer
+        if consumer is None:
+            raise BrokerUnavailable("not connected to Kafka yet")
+        await kafka.check_broker(consumer, self.settings)
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def stop(self) -> None:
+        """Stop consuming; the current batch finishes and commits first (see ``run``)."""
+        self._stopping.set()  # also when called during start: the stop is not lost
+        await super().stop()
 
     async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce keyed records (acks=all) with the worker's producer."""
         if self._producer is None:
             raise RuntimeError("BatchRouter.publish() needs start() first")
-        await produce_keyed(self._producer, topic, records)
+        await kafka.send_acked(self._producer, topic, records, self.settings.produce_timeout_s)
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
@@ -208,7 +171,8 @@ class BatchRouter:
                 if not any(batch.values()):
                     continue
                 records = [r for part in batch.values() for r in part]
-                prepared = await self._retrying(self.prepare, records)
+                prepared = await retrying(partial(self.prepare, records), TRANSIENT,
+                                          "batch step prepare")
                 while len(in_flight) >= MAX_IN_FLIGHT_BATCHES:
                     await asyncio.shield(in_flight.pop(0))
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
@@ -247,7 +211,7 @@ class BatchRouter:
     async def _finish_and_commit(
         self, prepared: Prepared, offsets: dict[Any, int], previous: asyncio.Future[None] | None
     ) -> None:
-        await self._retrying(self.finish, prepared)
+        await retrying(partial(self.finish, prepared), TRANSIENT, "batch step finish")
         if previous is not None:
             await previous  # commits stay in batch order
         consumer = self._consumer
@@ -260,17 +224,6 @@ class BatchRouter:
             # idempotent, and the new owner replays from the last committed offset.
             log.warning("commit of %d partition(s) failed (%r); the new owner replays them",
                         len(offsets), exc)
-
-    async def _retrying(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
-        backoff = 0.1
-        while True:
-            try:
-                return await step(arg)
-            except (RedisError, KafkaError, OSError) as exc:
-                log.warning("batch step %s failed (%r); retrying in %.1f s", step.__name__, exc,
-                            backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     async def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Steps 1-3: decode, read facts, decide. No effect anywhere yet."""
@@ -328,8 +281,10 @@ class BatchRouter:
                         reason)
             dead.append((rec.key or b"",
                          dead_letter_record(rec, reason, prepared.now_ms, "router")))
-        await asyncio.gather(produce_keyed(producer, self.routed, out),
-                             produce_keyed(producer, self.dead_letter, dead))
+        # no deadline of its own: a slow broker times out in aiokafka, and the whole
+        # step is retried (its effects are idempotent)
+        await asyncio.gather(kafka.send_acked(producer, self.routed, out, None),
+                             kafka.send_acked(producer, self.dead_letter, dead, None))
         self._observe(prepared, stored, duplicates)
         self.processed += prepared.records
         return BatchResult(prepared.records, len(decisions) - duplicates, duplicates,
@@ -365,3 +320,4 @@ class BatchRouter:
             m.duplicates.inc(duplicates)
         for reason, count in Counter(r.split(":", 1)[0] for _rec, r in prepared.dead).items():
             m.dead_letters.labels(reason).inc(count)
+
