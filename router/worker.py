@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from ..skills.tagger import TagResult
 from . import kafka, topics
 from .dead_letter import dead_letter_record
 from .exceptions import BrokerUnavailable, InvalidEnvelope
@@ -46,6 +47,7 @@ __all__ = ["BatchResult", "BatchRouter", "Prepared"]
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_BATCHES = 2  # decided batches whose effects may be applying at once
+MAX_REASON_CHARS = 1000  # a dead letter's reason is cut to this; the record is kept whole
 #: What a batch step retries on (with backoff) instead of skipping the batch.
 TRANSIENT = (RedisError, KafkaError, OSError, BrokerUnavailable)
 
@@ -226,24 +228,28 @@ class BatchRouter(Lifecycle):
                         len(offsets), exc)
 
     async def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
-        """Steps 1-3: decode, read facts, decide. No effect anywhere yet."""
+        """Steps 1-3: decode, read facts, decide. No effect anywhere yet.
+
+        A record that cannot be decoded, tagged, decided or encoded becomes a dead
+        letter with its reason, whatever it raises; the rest of the batch flows on.
+        Only the batch-wide facts call can fail the batch (and is retried).
+        """
         pipeline = self._pipeline()
         now_ms = int(self.clock() * 1000)
         envelopes: list[Envelope] = []
         sources: list[ConsumerRecord[bytes, bytes]] = []
         dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
         for rec in records:
-            try:
-                if rec.value is None:
-                    raise InvalidEnvelope("empty record (tombstone)")
-                envelopes.append(Envelope.from_json(rec.value))
+            decoded = _decode(rec)
+            if isinstance(decoded, Envelope):
+                envelopes.append(decoded)
                 sources.append(rec)
-            except InvalidEnvelope as exc:
-                dead.append((rec, f"invalid_envelope: {exc}"))
+            else:
+                dead.append((rec, decoded))
         # Tagging needs no Redis: do it while the facts script runs.
         facts_call = asyncio.ensure_future(self.store.facts(envelopes, now_ms))
         tag = pipeline.tagger.tag
-        tagged = [tag(env.text) for env in envelopes]
+        tagged = [_tag_or_none(tag, env) for env in envelopes]
         facts = await facts_call
         decisions: list[Decision] = []
         encoded: list[bytes] = []
@@ -251,12 +257,13 @@ class BatchRouter(Lifecycle):
         for env, fact, rec, tags in zip(envelopes, facts, sources, tagged, strict=True):
             try:
                 decision = pipeline.decide(env, now_ms, fact, depths, tags)
+                value = decision.to_json()
             except Exception as exc:
                 log.exception("cannot decide %r", env)
-                dead.append((rec, f"decide_failed: {type(exc).__name__}: {exc}"))
+                dead.append((rec, _reason("decide_failed", exc)))
                 continue
             decisions.append(decision)
-            encoded.append(decision.to_json())
+            encoded.append(value)
             depths[decision.skill_group] = depths.get(decision.skill_group, 0) + 1
         self._depths = depths
         return Prepared(len(records), envelopes, decisions, encoded, dead, now_ms)
@@ -321,3 +328,34 @@ class BatchRouter(Lifecycle):
         for reason, count in Counter(r.split(":", 1)[0] for _rec, r in prepared.dead).items():
             m.dead_letters.labels(reason).inc(count)
 
+
+def _reason(kind: str, exc: BaseException) -> str:
+    """A dead-letter reason: ``kind`` (the metric label) first, then what was raised."""
+    try:
+        detail = str(exc) if isinstance(exc, InvalidEnvelope) else f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception that cannot print itself still gets its type named
+        detail = f"{type(exc).__name__} (unprintable)"
+    if len(detail) > MAX_REASON_CHARS:
+        detail = detail[: MAX_REASON_CHARS - 1] + "…"
+    return f"{kind}: {detail}"
+
+
+def _decode(rec: ConsumerRecord[bytes, bytes]) -> Envelope | str:
+    """The record's envelope, or the dead-letter reason why there is none."""
+    try:
+        if rec.value is None:
+            raise InvalidEnvelope("empty record (tombstone)")
+        return Envelope.from_json(rec.value)
+    except InvalidEnvelope as exc:
+        return _reason("invalid_envelope", exc)
+    except Exception as exc:  # a decoder bug must cost one record, not the partition
+        log.exception("cannot decode %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+        return _reason("decode_failed", exc)
+
+
+def _tag_or_none(tag: Callable[[str], TagResult], env: Envelope) -> TagResult | None:
+    """Tag ``env``; on failure None, and ``decide`` tags again inside its guard."""
+    try:
+        return tag(env.text)
+    except Exception:
+        return None
