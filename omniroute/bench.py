@@ -22,20 +22,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from .admin import ensure_topics
 from .corpus import bundled_texts, demo_envelope
 from .embedded import redis_or_embedded, start_broker
-from .router import topics
+from .router import kafka, topics
 from .router.keys import Keys
 from .router.metrics import RouterMetrics
 from .router.queues import RedisQueueStore
 from .router.redis_client import connect
 from .router.reload import PipelineHolder
 from .router.settings import Settings
-from .router.worker import BatchRouter, consumer_timeouts
+from .router.worker import BatchRouter
 
 __all__ = ["run_bench"]
 
@@ -60,8 +59,7 @@ def _infrastructure(settings: Settings | None) -> Iterator[Settings]:
 
 
 async def _publish(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                linger_ms=5, max_batch_size=1_048_576)
+    producer = kafka.producer(settings, batch=True)
     await producer.start()
     try:
         for i in range(0, len(values), 5000):
@@ -73,15 +71,9 @@ async def _publish(settings: Settings, topic: str, values: list[tuple[bytes, byt
 
 async def _raw_loop(settings: Settings, src: str, dst: str, n: int) -> float:
     """Baseline: msgs/s of consume -> decode -> encode -> produce -> commit."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                linger_ms=5, max_batch_size=1_048_576)
-    consumer = AIOKafkaConsumer(
-        src, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.consumer_group}-raw",
-        enable_auto_commit=False, auto_offset_reset="earliest",
-        max_poll_records=settings.batch_max_records, fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        **consumer_timeouts(settings),
-    )
+    # the router's own client settings: the comparison is of the work per message
+    producer = kafka.producer(settings, batch=True)
+    consumer = kafka.consumer(settings, src, group_id=f"{settings.consumer_group}-raw")
     await producer.start()
     await consumer.start()
     done = 0
@@ -138,12 +130,12 @@ async def _router_phase(
         router.prepare = original  # type: ignore[method-assign]  # restore
 
 
-def _paced_publisher(bootstrap: str, topic: str, rate: float, count: int) -> None:
+def _paced_publisher(settings: Settings, topic: str, rate: float, count: int) -> None:
     """Child process: publish ``count`` envelopes at ``rate``/s, stamping each on publish."""
 
     async def publish() -> None:
         texts = bundled_texts()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        producer = kafka.producer(settings, linger_ms=0)
         await producer.start()
         try:
             start = time.perf_counter()
@@ -173,7 +165,7 @@ async def _latency_phase(settings: Settings, router: BatchRouter, rate: float) -
     task = asyncio.create_task(router.run())
     child = multiprocessing.get_context("spawn").Process(
         target=_paced_publisher,
-        args=(settings.kafka_bootstrap, settings.topic(topics.INBOUND), rate, LATENCY_MESSAGES),
+        args=(settings, settings.topic(topics.INBOUND), rate, LATENCY_MESSAGES),
     )
     child.start()
     try:
@@ -186,9 +178,7 @@ async def _latency_phase(settings: Settings, router: BatchRouter, rate: float) -
         router.request_stop()
         await task
         await asyncio.to_thread(child.join, 30)
-    watcher = AIOKafkaConsumer(settings.topic(topics.ROUTED),
-                               bootstrap_servers=settings.kafka_bootstrap,
-                               auto_offset_reset="earliest", group_id=None)
+    watcher = kafka.consumer(settings, settings.topic(topics.ROUTED), group_id=None)
     await watcher.start()
     latencies: list[float] = []
     try:

@@ -5,8 +5,8 @@ Importing this package has no side effects: apps, pools and producers are built 
 factories called from the CLI.
 """
 
-# the edge reads its own YAML files with the same file:line errors as the routing config
-from ..skills.yamlconfig import load_model
+# the edge reads its own YAML files and bodies with the same errors as the routing config
+from ..skills.yamlconfig import format_validation_error, load_model
 from .exceptions import (
     BrokerUnavailable,
     ConfigError,
@@ -48,6 +48,7 @@ __all__ = [
     "Priority",
     "Settings",
     "TagHit",
+    "format_validation_error",
     "load_model",
     "message_id",
 ]

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import topics
+from . import kafka, topics
 from .events import AgentEvent
 from .http import Readiness, metrics_body
 from .keys import Keys
@@ -141,12 +141,6 @@ def create_worker_app(
     """Build (not start) the faust App of the router worker and its runtime."""
     registry = registry or CollectorRegistry()
     runtime = WorkerRuntime(settings, registry)
-    fast: dict[str, Any] = (
-        {"broker_session_timeout": 6, "broker_rebalance_timeout": 6,
-         "broker_heartbeat_interval": 1}
-        if settings.fast_rebalance
-        else {}
-    )
     app = faust.App(
         f"{settings.consumer_group}-worker",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -157,7 +151,7 @@ def create_worker_app(
         topic_allow_declare=True,
         store="memory://",
         producer_acks=-1,
-        **fast,
+        **kafka.faust_broker_timeouts(settings),
     )
 
     async def route() -> None:

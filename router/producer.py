@@ -15,8 +15,9 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from . import topics
+from . import kafka, topics
 from .exceptions import BrokerUnavailable
+from .lifecycle import Lifecycle
 from .models import Envelope
 from .settings import Settings
 
@@ -33,56 +34,45 @@ class EnvelopeSink(Protocol):
         """Produce (key, value) records to ``topic`` (full name) and wait for acks."""
 
 
-class EnvelopeProducer:
+class EnvelopeProducer(Lifecycle):
     """aiokafka producer with acks=all; ``start``/``stop`` are idempotent."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
         self.inbound_topic = settings.topic(topics.INBOUND)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Connect to the broker (retried lazily by ``send_*`` if this fails)."""
-        async with self._lock:
-            if self._producer is not None:
-                return
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._settings.kafka_bootstrap,
-                acks="all",
-                enable_idempotence=self._settings.kafka_idempotence,
-                linger_ms=2,
-                request_timeout_ms=int(self._settings.produce_timeout_s * 1000),
-                max_request_size=4 * 1024 * 1024,
-            )
-            try:
-                await asyncio.wait_for(producer.start(), self._settings.produce_timeout_s)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                await producer.stop()
-                raise BrokerUnavailable(
-                    f"Kafka at {self._settings.kafka_bootstrap} is unreachable ({exc!r}); "
-                    "retry later"
-                ) from exc
-            self._producer = producer
+        producer = kafka.producer(self._settings)
+        try:
+            await asyncio.wait_for(producer.start(), self._settings.produce_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await producer.stop()
+            raise BrokerUnavailable(
+                f"Kafka at {self._settings.kafka_bootstrap} is unreachable ({exc!r}); "
+                "retry later"
+            ) from exc
+        self._producer = producer  # only now: senders use it once it is connected
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Flush and disconnect."""
-        async with self._lock:
-            if self._producer is not None:
-                producer, self._producer = self._producer, None
-                await producer.stop()
-
-    async def __aenter__(self) -> EnvelopeProducer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     @property
     def connected(self) -> bool:
         """True once the producer has bootstrapped."""
-        return self._producer is not None
+        return self.running
+
+    async def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            await self.start()
+        producer = self._producer
+        if producer is None:  # stopped meanwhile
+            raise BrokerUnavailable("the producer was stopped; retry later")
+        return producer
 
     async def check(self) -> None:
         """Readiness: connect if needed, then ask the broker for metadata now.
@@ -90,18 +80,7 @@ class EnvelopeProducer:
         Raises:
             BrokerUnavailable: the broker does not answer within the produce timeout.
         """
-        if self._producer is None:
-            await self.start()
-        producer = self._producer
-        assert producer is not None
-        try:
-            await asyncio.wait_for(
-                producer.client.fetch_all_metadata(), self._settings.produce_timeout_s
-            )
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(
-                f"Kafka at {self._settings.kafka_bootstrap} does not answer ({exc!r})"
-            ) from exc
+        await kafka.check_broker(await self._started(), self._settings)
 
     async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
         """Produce every envelope (key = conversation id) and await all acks."""
@@ -114,15 +93,6 @@ class EnvelopeProducer:
         """Produce records and await every acknowledgement, or raise BrokerUnavailable."""
         if not records:
             return
-        if self._producer is None:
-            await self.start()
-        producer = self._producer
-        assert producer is not None
-        try:
-            futures = [await producer.send(topic, value, key=key) for key, value in records]
-            await asyncio.wait_for(asyncio.gather(*futures), self._settings.produce_timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(
-                f"Kafka did not acknowledge {len(records)} record(s) on {topic} ({exc!r}); "
-                "retry later"
-            ) from exc
+        await kafka.send_acked(
+            await self._started(), topic, records, self._settings.produce_timeout_s
+        )

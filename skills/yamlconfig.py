@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from .exceptions import ConfigError
 
-__all__ = ["LocatedYaml", "load_model", "load_yaml"]
+__all__ = ["LocatedYaml", "format_validation_error", "load_model", "load_yaml"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -85,17 +85,55 @@ def load_model(path: Path, model: type[M], fix_hint: str = "") -> tuple[M, Locat
     try:
         return model.model_validate(doc.data if doc.data is not None else {}), doc
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(doc, exc, fix_hint)) from None
+        raise ConfigError(format_validation_error(exc, doc=doc, fix_hint=fix_hint)) from None
 
 
-def format_validation_error(doc: LocatedYaml, exc: ValidationError, fix_hint: str = "") -> str:
-    """One line per problem: ``file:line: key.path: message (got value)``."""
+def format_validation_error(
+    exc: ValidationError,
+    *,
+    doc: LocatedYaml | None = None,
+    prefix: str = "",
+    show_input: bool = True,
+    hide: Collection[str] = (),
+    limit: int = 10,
+    sep: str = "\n",
+    fix_hint: str = "",
+) -> str:
+    """The one way a pydantic error is told to a person: one part per problem.
+
+    Each part reads ``[file:line: ]<prefix><key.path>: <message>[ (got <value>)]``;
+    past ``limit`` problems a last part says how many more there are.
+
+    Args:
+        exc: The validation error.
+        doc: The YAML document validated: each part starts with its ``file:line``.
+        prefix: Put before every key path (``"messages[2]."``, ``"channels.yaml: wechat."``).
+        show_input: Show the offending value (cut to 80 characters; mappings and
+            lists by type name).
+        hide: Key-path fragments (case-insensitive) whose values are never shown,
+            e.g. ``("token", "secret")``.
+        limit: At most this many problems.
+        sep: Between parts.
+        fix_hint: A last line ``fix: ...``.
+    """
+    errors = exc.errors()
+    hidden = tuple(h.lower() for h in hide)
     parts = []
-    for err in exc.errors()[:10]:
+    for err in errors[:limit]:
         loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
         key_path = ".".join(str(p) for p in loc) or "(top level)"
-        value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        parts.append(f"{doc.where(loc)}: {key_path}: {err['msg']} (got {shown[:80]})")
+        part = f"{prefix}{key_path}: {err['msg']}"
+        if doc is not None:
+            part = f"{doc.where(loc)}: {part}"
+        if show_input:
+            value = err.get("input")
+            if any(h in key_path.lower() for h in hidden):
+                shown = "<secret>"
+            else:
+                shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+            part += f" (got {shown[:80]})"
+        parts.append(part)
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
     hint = f"\nfix: {fix_hint}" if fix_hint else ""
-    return "\n".join(parts) + hint
+    return sep.join(parts) + hint

@@ -31,12 +31,14 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..router import topics
+from ..router import kafka, topics
 from ..router.dead_letter import dead_letter_record
 from ..router.events import AgentEvent
 from ..router.exceptions import BrokerUnavailable
 from ..router.keys import Keys
+from ..router.lifecycle import Lifecycle
 from ..router.redis_client import connect
+from ..router.retry import Backoff, retrying
 from ..router.settings import Settings
 from ._decode import decode_decision, decode_signal
 from .agents import AgentDesk
@@ -52,19 +54,12 @@ from .timers import Change, TimerStore
 __all__ = ["SlaWorker"]
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S: Final = 5.0
 CLAIM_LIMIT: Final = 500
+#: What the loops retry on (with backoff) instead of dropping a batch or a tick.
+TRANSIENT = (RedisError, OSError, KafkaError, BrokerUnavailable, StateConflict)
 
 
-def _consumer_timeouts(settings: Settings) -> dict[str, int]:
-    if settings.fast_rebalance:
-        return {"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000,
-                "heartbeat_interval_ms": 1000}
-    return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
-            "heartbeat_interval_ms": 3000}
-
-
-class SlaWorker:
+class SlaWorker(Lifecycle):
     """SLA timers + escalation + surge; ``start``/``stop`` are idempotent."""
 
     def __init__(
@@ -105,7 +100,7 @@ class SlaWorker:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._consume = self._loops = True
         self._last_closed: int | None = None
         self._last_gauges_ms = 0
         self.processed = 0
@@ -113,55 +108,46 @@ class SlaWorker:
 
     # --- lifecycle --------------------------------------------------------------
     async def start(self, *, consume: bool = True, loops: bool = True) -> None:
-        """Connect Redis and Kafka, join the consumer group, start the loops."""
-        async with self._lock:
-            if self._producer is not None:
-                return
-            self._stopping.clear()
-            if self._redis is None:
-                self._redis = connect(self.settings.redis_url, socket_timeout=10)
-            redis = self._redis
-            self.store = TimerStore(redis, self.keys, self.engine)
-            self.escalator = Escalator(redis, self.keys)
-            self.desk = AgentDesk(redis, self.keys, live_ttl_s=self.agent_live_ttl_s)
-            self.surge = SurgeWindows(redis, self.keys, self.config.surge)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
-                enable_idempotence=self.settings.kafka_idempotence, linger_ms=2,
+        """Connect Redis and Kafka, join the consumer group, start the loops.
+
+        Args:
+            consume: Consume the input topics (tests drive ``process`` instead).
+            loops: Run the deadline loop (tests drive ``tick`` instead).
+        """
+        if not self.running:
+            self._consume, self._loops = consume, loops
+        await super().start()
+
+    async def _start(self) -> None:
+        self._stopping.clear()
+        if self._redis is None:
+            self._redis = connect(self.settings.redis_url, socket_timeout=10)
+        redis = self._redis
+        self.store = TimerStore(redis, self.keys, self.engine)
+        self.escalator = Escalator(redis, self.keys)
+        self.desk = AgentDesk(redis, self.keys, live_ttl_s=self.agent_live_ttl_s)
+        self.surge = SurgeWindows(redis, self.keys, self.config.surge)
+        self._producer = kafka.producer(self.settings)
+        await self._producer.start()
+        if self._consume:
+            self._consumer = kafka.consumer(
+                self.settings, self.routed, self.agent_events, self.signals,
+                group_id=self.group_id, max_poll_records=CLAIM_LIMIT,
             )
-            await producer.start()
-            self._producer = producer
-            if consume:
-                consumer = AIOKafkaConsumer(
-                    self.routed, self.agent_events, self.signals,
-                    bootstrap_servers=self.settings.kafka_bootstrap,
-                    group_id=self.group_id, enable_auto_commit=False,
-                    auto_offset_reset="earliest", max_poll_records=CLAIM_LIMIT,
-                    **_consumer_timeouts(self.settings),
-                )
-                try:
-                    await consumer.start()
-                except BaseException:
-                    await self._close_quietly()
-                    raise
-                self._consumer = consumer
-                self._tasks.append(asyncio.create_task(self._consume_loop(), name="sla-consume"))
-            if loops:
-                self._tasks.append(asyncio.create_task(self._tick_loop(), name="sla-tick"))
+            await self._consumer.start()
+            self._tasks.append(asyncio.create_task(self._consume_loop(), name="sla-consume"))
+        if self._loops:
+            self._tasks.append(asyncio.create_task(self._tick_loop(), name="sla-tick"))
 
-    async def stop(self) -> None:
-        """Finish the batch in hand, stop the loops, disconnect (idempotent)."""
-        async with self._lock:
-            self._stopping.set()
-            tasks, self._tasks = self._tasks, []
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await self._close_quietly()
-
-    async def _close_quietly(self) -> None:
+    async def _stop(self) -> None:
+        """Stop the loops (a batch in hand is replayed from Kafka), disconnect."""
+        self._stopping.set()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if consumer is not None:
@@ -171,13 +157,6 @@ class SlaWorker:
         if self._owns_redis and self._redis is not None:
             redis, self._redis = self._redis, None
             await redis.aclose()
-
-    async def __aenter__(self) -> SlaWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def request_stop(self) -> None:
         """Ask the loops to return after the batch in hand (SIGTERM drain)."""
@@ -203,24 +182,17 @@ class SlaWorker:
     async def _consume_loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        backoff = 0.1
+
+        async def process_and_commit(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            await self.process(records)
+            await consumer.commit()
+
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=CLAIM_LIMIT)
             records = [r for recs in batch.values() for r in recs]
-            if not records:
-                continue
-            while not self._stopping.is_set():
-                try:
-                    await self.process(records)
-                    await consumer.commit()
-                    backoff = 0.1
-                    break
-                except (RedisError, OSError, KafkaError, BrokerUnavailable,
-                        StateConflict) as exc:
-                    log.warning("sla worker: batch of %d failed (%r); retrying in %.1f s",
-                                len(records), exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+            if records:
+                await retrying(partial(process_and_commit, records), TRANSIENT,
+                               f"sla worker: batch of {len(records)}", stop=self._stopping)
 
     async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a batch of consumed records (idempotent; safe to replay)."""
@@ -272,16 +244,17 @@ class SlaWorker:
 
     # --- the deadline loop --------------------------------------------------------
     async def _tick_loop(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while not self._stopping.is_set():
+            wait_s = self.tick_s
             try:
                 await self.tick()
-                backoff = 0.1
-            except (RedisError, OSError, KafkaError, BrokerUnavailable, StateConflict) as exc:
+                backoff.reset()
+            except TRANSIENT as exc:
                 log.warning("sla worker: tick failed (%r); retrying", exc)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                wait_s = max(wait_s, backoff.next())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), max(self.tick_s, backoff))
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
 
     async def tick(self) -> None:
         """One pass: fire due deadlines, close surge windows, refresh gauges, purge."""
@@ -482,16 +455,8 @@ class SlaWorker:
         return self._redis
 
     async def _send(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        if not records:
-            return
         producer = self._producer
         if producer is None:
             raise BrokerUnavailable("SlaWorker is not started: call start() first")
-        try:
-            futures = [await producer.send(topic, v, key=k) for k, v in records]
-            await asyncio.wait_for(asyncio.gather(*futures), self.settings.produce_timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(
-                f"Kafka did not acknowledge {len(records)} record(s) on {topic} ({exc!r})"
-            ) from exc
+        await kafka.send_acked(producer, topic, records, self.settings.produce_timeout_s)
 

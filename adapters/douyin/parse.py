@@ -22,6 +22,7 @@ from ...router.models import (
     Envelope,
     message_id,
 )
+from ..text import clip
 
 __all__ = ["LiveItem", "comment_envelope", "parse_items", "signal_record", "to_ms"]
 
@@ -92,9 +93,7 @@ def parse_items(body: bytes, max_items: int) -> list[LiveItem]:
 
 def comment_envelope(item: LiveItem, room_id: str, received_at_ms: int) -> Envelope:
     """The envelope of one live comment (PII masking happens after)."""
-    text = item.content.strip()
-    if len(text) > MAX_TEXT_CHARS:
-        text = text[: MAX_TEXT_CHARS - 1] + "…"
+    text = clip(item.content.strip())
     return Envelope(
         id=message_id(Channel.LIVESTREAM, room_id, item.msg_id),
         channel=Channel.LIVESTREAM,

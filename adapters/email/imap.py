@@ -21,6 +21,8 @@ import aioimaplib
 
 from ...router.exceptions import BrokerUnavailable, ConfigError, OmniError
 from ...router.http import HttpContext
+from ...router.lifecycle import Lifecycle
+from ...router.retry import Backoff
 from ..dedupe import Deduper
 from ..pii import mask_envelope
 from .config import CHANNEL, EmailSettings
@@ -69,7 +71,7 @@ def _literal(lines: list[Any]) -> bytes | None:
     return None
 
 
-class ImapPoller:
+class ImapPoller(Lifecycle):
     """Polls one IMAP folder; ``start``/``stop`` are idempotent, ``async with`` works.
 
     Args:
@@ -110,17 +112,15 @@ class ImapPoller:
         where = f"{cfg.imap_user}@{cfg.imap_host}:{cfg.imap_port}/{cfg.imap_folder}"
         return f"ImapPoller({state}, {where})"
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Start polling in the background (connect errors are retried, not raised)."""
-        if self._task is not None:
-            return
         cfg = self._config
         if not cfg.imap_host or not cfg.imap_user:
             raise ConfigError("IMAP poller needs OMNI_IMAP_HOST and OMNI_IMAP_USER")
         self._task = asyncio.create_task(self._run(), name="omni-imap-poller")
         log.info("imap: %r", self)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Stop polling and log out."""
         task, self._task = self._task, None
         if task is None:
@@ -135,13 +135,6 @@ class ImapPoller:
             await task
         await self._close()
         self._stopping = False
-
-    async def __aenter__(self) -> ImapPoller:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- connection -----------------------------------------------------------------------
 
@@ -191,11 +184,11 @@ class ImapPoller:
 
     async def _run(self) -> None:
         cfg = self._config
-        backoff = cfg.imap_backoff_initial_s
+        backoff = Backoff(cfg.imap_backoff_initial_s, cfg.imap_backoff_max_s)
         while not self._stopping:
             try:
                 client = await self._connect()
-                backoff = cfg.imap_backoff_initial_s
+                backoff.reset()
                 while not self._stopping:
                     await self.drain(client)
                     await self._idle(client)
@@ -203,12 +196,12 @@ class ImapPoller:
                 raise
             except (aioimaplib.AioImapException, OSError, TimeoutError, ImapError,
                     BrokerUnavailable) as exc:
-                log.warning("imap: %s; reconnecting in %.1f s", exc or type(exc).__name__, backoff)
+                log.warning("imap: %s; reconnecting in %.1f s", exc or type(exc).__name__,
+                            backoff.delay_s)
             except Exception:
-                log.exception("imap: unexpected error; reconnecting in %.1f s", backoff)
+                log.exception("imap: unexpected error; reconnecting in %.1f s", backoff.delay_s)
             await self._close()
-            await asyncio.sleep(backoff)  # backoff between reconnects, not a synchronisation
-            backoff = min(backoff * 2, cfg.imap_backoff_max_s)
+            await backoff.wait()
 
     async def _idle(self, client: Any) -> None:
         """IDLE until the server pushes something, the IDLE period ends or the line drops."""

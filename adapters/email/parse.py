@@ -24,7 +24,6 @@ from typing import Final
 
 from ...router.exceptions import BadRequest
 from ...router.models import (
-    MAX_TEXT_CHARS,
     Attachment,
     Channel,
     Customer,
@@ -32,6 +31,7 @@ from ...router.models import (
     message_id,
 )
 from ..pii import mask_pii
+from ..text import clip
 from .text import html_to_text, normalise_subject, strip_quoted
 
 __all__ = [
@@ -315,8 +315,7 @@ def to_envelope(
     text = "\n\n".join(p for p in (subject, mail.body) if p)
     if not text and not mail.attachments:
         raise MalformedMail("the mail has no subject, no text and no attachment")
-    if len(text) > MAX_TEXT_CHARS:
-        text = text[: MAX_TEXT_CHARS - 1] + "…"
+    text = clip(text)
     handle = f"{mail.from_name} <{address}>" if mail.from_name else address
     # No subject in meta: meta is not PII-masked, the text (which starts with it) is.
     meta: dict[str, str | int] = {}

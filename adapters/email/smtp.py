@@ -30,6 +30,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from ...router.exceptions import BrokerUnavailable, ConfigError
 from ...router.http import HttpContext
+from ...router.lifecycle import Lifecycle
 from ...router.models import Envelope as OmniEnvelope
 from ..dedupe import Deduper
 from ..pii import mask_envelope
@@ -199,7 +200,7 @@ class _SMTP(SMTP):
         await super().push(status)
 
 
-class SmtpServer:
+class SmtpServer(Lifecycle):
     """Inbound SMTP listener; ``start``/``stop`` are idempotent, ``async with`` works.
 
     Args:
@@ -223,7 +224,6 @@ class SmtpServer:
         self.handler = InboundMailHandler(ctx, config, deduper)
         self._server: asyncio.Server | None = None
         self._sessions: weakref.WeakSet[_SMTP] = weakref.WeakSet()
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         state = f"listening on {self._config.smtp_host}:{self.port}" if self._server else "stopped"
@@ -256,38 +256,27 @@ class SmtpServer:
         self._sessions.add(proto)
         return proto
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Listen on ``smtp_host:smtp_port``."""
-        async with self._lock:
-            if self._server is not None:
-                return
-            if not self._config.domains:
-                raise ConfigError(
-                    "inbound SMTP has no mailbox domain: set OMNI_EMAIL_DOMAINS "
-                    "(e.g. 'kefu.example.com'), or mail for every domain would be refused"
-                )
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                self._protocol, host=self._config.smtp_host, port=self._config.smtp_port
+        if not self._config.domains:
+            raise ConfigError(
+                "inbound SMTP has no mailbox domain: set OMNI_EMAIL_DOMAINS "
+                "(e.g. 'kefu.example.com'), or mail for every domain would be refused"
             )
-            log.info("smtp: %r", self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, host=self._config.smtp_host, port=self._config.smtp_port
+        )
+        log.info("smtp: %r", self)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Stop listening and close open sessions (an unfinished DATA is retried by the MTA)."""
-        async with self._lock:
-            server, self._server = self._server, None
-            if server is None:
-                return
-            server.close()
-            for proto in list(self._sessions):
-                if proto.transport is not None:
-                    proto.transport.close()
-            self._sessions.clear()
-            await server.wait_closed()
-
-    async def __aenter__(self) -> SmtpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for proto in list(self._sessions):
+            if proto.transport is not None:
+                proto.transport.close()
+        self._sessions.clear()
+        await server.wait_closed()

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ...router import format_validation_error
 from ...router.exceptions import BadRequest, PayloadTooLarge
 from ...router.models import (
     MAX_TEXT_CHARS,
@@ -90,15 +91,6 @@ class IngestMessage(BaseModel):
         )
 
 
-def _describe(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{prefix}{loc}: {err['msg']}")
-    more = len(exc.errors()) - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
 def parse_body(body: bytes, received_at_ms: int, max_messages: int) -> list[Envelope]:
     """Parse one message, a JSON array of messages, or ``{"messages": [...]}``."""
     if not body:
@@ -128,7 +120,10 @@ def parse_body(body: bytes, received_at_ms: int, max_messages: int) -> list[Enve
         try:
             msg = IngestMessage.model_validate(item)
         except ValidationError as exc:
-            raise BadRequest(_describe(exc, prefix), reason="invalid") from None
+            raise BadRequest(
+                format_validation_error(exc, prefix=prefix, show_input=False, sep="; ", limit=5),
+                reason="invalid",
+            ) from None
         if not msg.text.strip() and not msg.attachments:
             raise BadRequest(f"{prefix}text: empty text and no attachments", reason="invalid")
         envelopes.append(msg.to_envelope(received_at_ms))

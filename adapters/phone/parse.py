@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl
 
 from ...router.exceptions import BadRequest
 from ...router.models import (
-    MAX_TEXT_CHARS,
     Channel,
     Customer,
     Entry,
@@ -25,6 +24,7 @@ from ...router.models import (
     Envelope,
     message_id,
 )
+from ..text import clip
 from .config import MenuItem, PhoneConfig
 
 __all__ = [
@@ -106,10 +106,6 @@ def _menu(config: PhoneConfig, digits: str) -> MenuItem | None:
     return config.menu.get(digits) or (config.menu.get(digits[0]) if digits else None)
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
-
-
 def gather_to_envelope(
     form: Mapping[str, str], config: PhoneConfig, received_at_ms: int, salt: str
 ) -> Envelope:
@@ -140,7 +136,7 @@ def gather_to_envelope(
         channel_msg_id=channel_msg_id,
         conversation_id=f"phone:{sid}",
         customer=caller_customer(caller, sid, salt),
-        text=_clip(text),
+        text=clip(text),
         received_at_ms=received_at_ms,
         entry=Entry(EntryKind.IVR, item.entry if item else (digits or "none")),
         hints=tuple(item.hints) if item else (),
@@ -292,7 +288,7 @@ def cdr_to_envelope(
         channel_msg_id=channel_msg_id,
         conversation_id=f"phone:tccc:{session}",
         customer=caller_customer(caller, session, salt),
-        text=_clip(text),
+        text=clip(text),
         received_at_ms=received_at_ms,
         sent_at_ms=started * 1000 if started and started > 0 else None,
         entry=Entry(EntryKind.IVR, item.entry if item else (pressed or "none")),

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from ...router import format_validation_error
 from ...router.exceptions import ConfigError
 from ..dedupe import DEFAULT_DEDUPE_TTL_S
 from ..pii import load_pii_policy
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 PATH: Final = "/wechat/{account}"
 CHANNELS_FILE: Final = "channels.yaml"  # under Settings.config_dir
 UNKNOWN_ACCOUNT_LABEL: Final = "-"  # metric label for unverified / unknown accounts
+SECRET_KEYS: Final = ("token", "key", "secret")  # values under these keys are never shown
 
 Mode = Literal["plain", "compatible", "safe"]
 
@@ -115,14 +117,8 @@ def read_channels_yaml(path: Path) -> dict[str, Any]:
 
 
 def describe_validation_error(exc: ValidationError, where: str) -> str:
-    """One line per problem: key path, bad value, message."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        value = err.get("input")
-        shown = "<secret>" if "token" in loc or "key" in loc else repr(value)[:60]
-        parts.append(f"{where}.{loc} = {shown}: {err['msg']}")
-    return "; ".join(parts)
+    """One part per problem: key path, message, bad value (secrets never shown)."""
+    return format_validation_error(exc, prefix=f"{where}.", hide=SECRET_KEYS, sep="; ", limit=5)
 
 
 def resolve_secret(

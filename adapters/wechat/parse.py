@@ -36,7 +36,6 @@ from defusedxml import DefusedXmlException
 
 from ...router.exceptions import BadRequest
 from ...router.models import (
-    MAX_TEXT_CHARS,
     Attachment,
     Channel,
     Customer,
@@ -45,6 +44,7 @@ from ...router.models import (
     Envelope,
     message_id,
 )
+from ..text import clip
 
 __all__ = ["Inbound", "parse_xml", "to_envelope"]
 
@@ -104,10 +104,6 @@ def _required(fields: Mapping[str, str], name: str) -> str:
     if len(value) > 256:
         raise BadRequest(f"<{name}> is longer than 256 characters", reason="invalid")
     return value
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
 
 
 def to_envelope(
@@ -192,7 +188,7 @@ def to_envelope(
         channel_msg_id=channel_msg_id,
         conversation_id=f"{channel}:{account}:{openid}",
         customer=Customer(openid),
-        text=_clip(text),
+        text=clip(text),
         received_at_ms=received_at_ms,
         sent_at_ms=int(create_time) * 1000,
         attachments=attachments,
