@@ -275,15 +275,17 @@ def bench(
 
 @app.command()
 def schema(
-    which: Annotated[str, typer.Argument(help="envelope or decision")] = "envelope",
+    which: Annotated[str, typer.Argument(
+        help="record: envelope, decision, sla-alert, surge-signal, agent-event, chatter, signal"
+    )] = "envelope",
 ) -> None:
-    """Print the JSON schema of the envelope or the decision."""
-    from .router.schema import json_schema
+    """Print the JSON schema of a topic record (docs/schema/<record>.schema.json)."""
+    from .router.schema import RECORDS, json_schema
 
     try:
         typer.echo(orjson.dumps(json_schema(which), option=orjson.OPT_INDENT_2).decode())
     except KeyError:
-        err.print(f"[red]unknown schema {which!r}; use envelope or decision[/red]")
+        err.print(f"[red]unknown schema {which!r}; use one of: {', '.join(RECORDS)}[/red]")
         raise typer.Exit(2) from None
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "InfrastructureError",
     "InvalidEnvelope",
+    "InvalidRecord",
     "OmniError",
     "PayloadTooLarge",
     "RequestRejected",
@@ -17,7 +18,12 @@ __all__ = [
 ]
 
 
-class InvalidEnvelope(OmniError, ValueError):
+class InvalidRecord(OmniError, ValueError):
+    """A topic record does not match its model (router.models, router.events); the
+    message names the record and the field."""
+
+
+class InvalidEnvelope(InvalidRecord):
     """A record or request body is not a valid envelope; the message names the field."""
 
 

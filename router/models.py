@@ -26,6 +26,7 @@ from ..skills.vocabulary import (
     Priority,
     TagHit,
 )
+from . import _records as _rec
 from .exceptions import InvalidEnvelope
 
 __all__ = [
@@ -243,10 +244,137 @@ class Decision:
         """orjson bytes of this decision."""
         return orjson.dumps(self)
 
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Decision:
+        """Decode an ``omni.routed`` record; raises InvalidRecord naming the field."""
+        return cls.from_dict(_rec.loads(raw, "decision"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Decision:
+        """Build from decoded JSON, checking every field's type; raises InvalidRecord
+        naming the field.
+
+        The SLA worker decodes every routed message: the checks are inlined for the
+        valid record, and only a record that fails them goes through the slower
+        field-by-field pass that names the culprit.
+        """
+        if type(data) is dict:
+            g: Any = data.get
+            try:
+                mid, conv, cust = g("message_id"), g("conversation_id"), g("customer_id")
+                group, queue = g("skill_group"), g("queue")
+                rule, version = g("rule_id"), g("config_version")
+                received, decided = g("received_at_ms"), g("decided_at_ms")
+                overflow, agent = g("overflow_from"), g("agent_id")
+                explain, prio = g("explain", []), g("priority")
+                score, band, reasons = prio["score"], _BANDS[prio["band"]], prio["reasons"]
+                tags = []
+                for t in g("tags"):
+                    tag_id, keywords = t["id"], t["keywords"]
+                    tag_score, evidence = t.get("score"), t.get("evidence")
+                    if (type(tag_id) is not str or not tag_id or type(keywords) is not list
+                            or not (tag_score is None or type(tag_score) is float)):
+                        raise TypeError
+                    "".join(keywords)  # TypeError unless every keyword is a string
+                    tags.append(TagHit(
+                        tag_id, tuple(keywords), tag_score,
+                        () if evidence is None or evidence == [] else _evidence(evidence),
+                    ))
+                "".join(reasons)
+                "".join(explain)
+                if (
+                    type(mid) is str and mid and type(conv) is str and conv
+                    and type(cust) is str and type(group) is str and group
+                    and type(queue) is str and queue and type(rule) is str
+                    and type(version) is str
+                    and type(received) is int and received >= 0
+                    and type(decided) is int and decided >= 0
+                    and (overflow is None or type(overflow) is str)
+                    and (agent is None or type(agent) is str)
+                    and (type(score) is float or type(score) is int)
+                    and type(reasons) is list and type(explain) is list
+                    and (v := g("schema", DECISION_SCHEMA_VERSION)) == DECISION_SCHEMA_VERSION
+                    and type(v) is int
+                ):
+                    return cls(
+                        mid, conv, _CHANNELS[g("channel")], cust, tuple(tags),
+                        Priority(float(score), band, tuple(reasons)), group, queue, rule,
+                        version, received, decided, overflow, agent, tuple(explain),
+                    )
+            except (TypeError, KeyError):
+                pass  # named by the slow pass below
+        return _decision_slow(data)
+
     @property
     def queue_score(self) -> float:
         """Sorted-set score: band first, then age (oldest first within a band)."""
         return self.priority.band.rank * 1e13 + self.received_at_ms
+
+
+_DECISION: Final = "decision"
+_CHANNELS: Final[dict[str, Channel]] = {c.value: c for c in Channel}
+_BANDS: Final[dict[str, Band]] = {b.value: b for b in Band}
+
+
+def _decision_slow(data: Any) -> Decision:
+    """Field by field, naming the first bad one (a record the fast path refused)."""
+    d = _rec.obj(data, _DECISION)
+    _rec.schema(d, _DECISION, DECISION_SCHEMA_VERSION)
+    prio = d.get("priority")
+    if type(prio) is not dict:
+        raise _rec.fail(_DECISION, "priority", "an object with 'score', 'band', 'reasons'", prio)
+    raw_tags = d.get("tags")
+    if type(raw_tags) is not list:
+        raise _rec.fail(_DECISION, "tags", "an array of {id, keywords}", raw_tags)
+    return Decision(
+        message_id=_rec.req_str(d, "message_id", _DECISION),
+        conversation_id=_rec.req_str(d, "conversation_id", _DECISION),
+        channel=_rec.choice(d, "channel", _CHANNELS, _DECISION),
+        customer_id=_rec.any_str(d, "customer_id", _DECISION),
+        tags=tuple(_tag_hit(t, i) for i, t in enumerate(raw_tags)),
+        priority=Priority(
+            float(_rec.number(prio, "score", _DECISION, "priority.score")),
+            _rec.choice(prio, "band", _BANDS, _DECISION, "priority.band"),
+            _rec.str_tuple(prio, "reasons", _DECISION, "priority.reasons"),
+        ),
+        skill_group=_rec.req_str(d, "skill_group", _DECISION),
+        queue=_rec.req_str(d, "queue", _DECISION),
+        rule_id=_rec.any_str(d, "rule_id", _DECISION),
+        config_version=_rec.any_str(d, "config_version", _DECISION),
+        received_at_ms=_rec.count(d, "received_at_ms", _DECISION),
+        decided_at_ms=_rec.count(d, "decided_at_ms", _DECISION),
+        overflow_from=_rec.opt_str(d, "overflow_from", _DECISION),
+        agent_id=_rec.opt_str(d, "agent_id", _DECISION),
+        explain=_rec.str_tuple(d, "explain", _DECISION),
+    )
+
+
+def _evidence(value: Any) -> tuple[tuple[str, float], ...]:
+    """``[[ngram, weight], ...]``; TypeError for any other shape."""
+    if type(value) is not list:
+        raise TypeError
+    out = []
+    for pair in value:
+        if (type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str
+                or (type(pair[1]) is not float and type(pair[1]) is not int)):
+            raise TypeError
+        out.append((pair[0], float(pair[1])))
+    return tuple(out)
+
+
+def _tag_hit(t: Any, i: int) -> TagHit:
+    path = f"tags[{i}]"
+    if type(t) is not dict:
+        raise _rec.fail(_DECISION, path, "an object with 'id' and 'keywords'", t)
+    score = _rec.opt_number(t, "score", _DECISION, f"{path}.score")
+    try:
+        evidence = () if t.get("evidence") is None else _evidence(t["evidence"])
+    except TypeError:
+        raise _rec.fail(_DECISION, f"{path}.evidence", "an array of [n-gram, weight] pairs",
+                        t["evidence"]) from None
+    return TagHit(_rec.req_str(t, "id", _DECISION, f"{path}.id"),
+                  _rec.str_tuple(t, "keywords", _DECISION, f"{path}.keywords"),
+                  None if score is None else float(score), evidence)
 
 
 def dumps(obj: object) -> bytes:

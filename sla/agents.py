@@ -28,7 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ..router.keys import Keys
-from ._decode import as_text
+from ._redis import as_text
 
 __all__ = ["AgentDesk", "AgentInfo", "ClaimResult", "ConvAction", "QueueView", "Staffing"]
 

@@ -36,7 +36,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ..router.keys import Keys
-from ._decode import as_text
+from ._redis import as_text
 from .config import SurgeConfig
 
 __all__ = [

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from ..router.events import AgentEvent
 from ..router.keys import Keys
 from ..router.models import Decision
-from ._decode import as_text
+from ._redis import as_text
 from .exceptions import StateConflict
 from .state import ConvState, Fired, SlaEngine, member, parse_member
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
@@ -33,14 +33,20 @@ from redis.exceptions import RedisError
 
 from ..router import kafka, topics
 from ..router.dead_letter import dead_letter_record
-from ..router.events import AgentEvent
+from ..router.events import (
+    AgentEvent,
+    EscalationActions,
+    SignalRecord,
+    SlaAlert,
+    SurgeSignal,
+)
 from ..router.exceptions import BrokerUnavailable
 from ..router.keys import Keys
 from ..router.lifecycle import Lifecycle
+from ..router.models import Decision
 from ..router.redis_client import connect
 from ..router.retry import Backoff, retrying
 from ..router.settings import Settings
-from ._decode import decode_decision, decode_signal
 from .agents import AgentDesk
 from .clock import Clock, SystemClock
 from .config import SlaConfig, load_sla_config
@@ -206,23 +212,23 @@ class SlaWorker(Lifecycle):
             value = rec.value or b""
             try:
                 if rec.topic == self.routed:
-                    d = decode_decision(value)
+                    d = Decision.from_json(value)
                     changes.append((d.conversation_id, partial(engine.on_decision, d=d)))
                     scopes = arrivals.setdefault(self.surge.index(d.received_at_ms), {})
                     for scope in self._scopes(d.channel, d.skill_group, [t.id for t in d.tags]):
                         scopes[scope] = scopes.get(scope, 0.0) + 1
                     self.metrics.events.labels("routed", "ok").inc()
                 elif rec.topic == self.agent_events:
-                    e = AgentEvent.from_dict(orjson.loads(value))
+                    e = AgentEvent.from_json(value)
                     changes.append((e.conversation_id, partial(engine.on_agent_event, e=e)))
                     self.metrics.events.labels("agent-events", "ok").inc()
                 elif rec.topic == self.signals:
-                    room, gifts, likes = decode_signal(value)
+                    s = SignalRecord.from_json(value)
                     c = self.config.surge
-                    heat = gifts * c.heat_per_gift + likes * c.heat_per_like
+                    heat = s.gifts * c.heat_per_gift + s.likes * c.heat_per_like
                     if heat > 0:
                         scopes = arrivals.setdefault(self.surge.index(now_ms), {})
-                        key = f"heat:room:{room}"
+                        key = f"heat:room:{s.room}"
                         scopes[key] = scopes.get(key, 0.0) + heat
                     self.metrics.events.labels("signals", "ok").inc()
             except (ValueError, TypeError, KeyError) as exc:
@@ -282,14 +288,14 @@ class SlaWorker(Lifecycle):
         while True:
             now = self.now_ms()
             claimed = await store.claim_due(now, CLAIM_LIMIT)
-            alerts: list[dict[str, Any]] = []
+            alerts: list[SlaAlert] = []
             for fired, state in claimed:
                 alert = await self._alert(fired, state, now)
                 if alert is not None:
                     alerts.append(alert)
             try:
                 await self._send(self.alerts_topic, [
-                    (a["conversation_id"].encode(), orjson.dumps(a)) for a in alerts
+                    (a.conversation_id.encode(), a.to_json()) for a in alerts
                 ])
             except (BrokerUnavailable, KafkaError):
                 # we own these deadlines: put them back so a later tick fires them
@@ -301,37 +307,36 @@ class SlaWorker(Lifecycle):
                 await store.ack([f for f, _ in claimed])
                 raise
             await store.ack([f for f, _ in claimed])
-            produced += alerts
+            produced += [a.to_dict() for a in alerts]
             if len(claimed) < CLAIM_LIMIT:
                 return produced
 
-    async def _alert(self, f: Fired, state: ConvState | None, now: int) -> dict[str, Any] | None:
+    async def _alert(self, f: Fired, state: ConvState | None, now: int) -> SlaAlert | None:
         timer = state.timers.get(f.kind) if state is not None else None
         if state is None or timer is None or timer.gen != f.gen or timer.paused:
             return None  # stale: stopped, paused or restarted since it was scheduled
         policy = self.engine.policy_of(state)
         breach_ms = self.engine.breach_due_ms(state, timer)
-        alert: dict[str, Any] = {
-            "type": "sla.warning", "alert_id": f"{f.conversation_id}:{f.kind}:{f.stage}:{f.gen}",
-            "conversation_id": state.conversation_id, "group": state.group,
-            "policy": policy.id, "timer": f.kind, "stage": f.stage,
-            "channel": state.channel, "band": state.band,
-            "message_id": state.message_ids[-1] if state.message_ids else None,
-            "customer_id": state.customer_id, "agent_id": state.agent_id,
-            "target_s": timer.target_s, "warning_s": timer.warning_s,
-            "due_at_ms": breach_ms, "fired_at_ms": now,
-            "overdue_s": round((now - breach_ms) / 1000, 3),
-            "fire_lag_s": round((now - f.due_ms) / 1000, 3),
-        }
+        alert = SlaAlert(
+            type="sla.warning", alert_id=f"{f.conversation_id}:{f.kind}:{f.stage}:{f.gen}",
+            conversation_id=state.conversation_id, group=state.group,
+            policy=policy.id, timer=f.kind, stage=f.stage,
+            channel=state.channel, band=state.band,
+            message_id=state.message_ids[-1] if state.message_ids else None,
+            customer_id=state.customer_id, agent_id=state.agent_id,
+            target_s=timer.target_s, warning_s=timer.warning_s,
+            due_at_ms=breach_ms, fired_at_ms=now,
+            overdue_s=round((now - breach_ms) / 1000, 3),
+            fire_lag_s=round((now - f.due_ms) / 1000, 3),
+        )
         self.metrics.fire_lag.set(max(0.0, (now - f.due_ms) / 1000))
         labels = (state.group, policy.id, f.kind)
         if f.stage == "warning":
             self.metrics.warnings.labels(*labels).inc()
             return alert
         if f.stage == "breach":
-            alert["type"] = "sla.breach"
             self.metrics.breaches.labels(*labels).inc()
-            return alert
+            return dataclasses.replace(alert, type="sla.breach")
         ladder = self.config.escalation.get(policy.escalation or "", ())
         level = int(f.stage[3:]) if f.stage.startswith("esc") else 0
         if not 1 <= level <= len(ladder):
@@ -344,14 +349,12 @@ class SlaWorker(Lifecycle):
                 state.conversation_id,
                 lambda s: self._escalated(s, from_group, result.group, level),
             )
-        alert.update(
-            type="sla.escalation", level=level, notify=list(step.notify),
-            group=result.group, from_group=from_group,
-            actions={"raise_bands": step.raise_bands, "move_to": step.move_to,
-                     "queued_messages_touched": result.touched},
-        )
         self.metrics.escalations.labels(from_group, policy.id).inc()
-        return alert
+        return dataclasses.replace(
+            alert, type="sla.escalation", level=level, notify=tuple(step.notify),
+            group=result.group, from_group=from_group,
+            actions=EscalationActions(step.raise_bands, step.move_to, result.touched),
+        )
 
     @staticmethod
     def _escalated(s: ConvState | None, from_group: str, to_group: str,
@@ -377,24 +380,23 @@ class SlaWorker(Lifecycle):
         out: list[dict[str, Any]] = []
         for index in range(first, current):
             staffing = await self._staffing(now)
-            signals = await self.surge.close(index, now, staffing)
+            closed = await self.surge.close(index, now, staffing)
             self._last_closed = index
-            if signals is None:
+            if closed is None:
                 continue
-            await self._send(self.surge_topic, [
-                (s["scope"].encode(), orjson.dumps(s)) for s in signals
-            ])
+            signals = [SurgeSignal(**s) for s in closed]
+            await self._send(self.surge_topic, [(s.scope.encode(), s.to_json()) for s in signals])
             for s in signals:
-                self.metrics.surge_signals.labels(s["type"]).inc()
-            out += signals
+                self.metrics.surge_signals.labels(s.type).inc()
+            out += [s.to_dict() for s in signals]
             for scope, st in (await self.surge.states()).items():
                 self.metrics.surge_active.labels(scope).set(1 if st.active else 0)
                 if st.baseline is not None:
                     self.metrics.surge_baseline.labels(scope).set(st.baseline)
             for s in signals:
-                self.metrics.surge_rate.labels(s["scope"]).set(s["rate_per_min"])
-                if "extra_agents" in s:
-                    self.metrics.surge_extra_agents.labels(s["scope"]).set(s["extra_agents"])
+                self.metrics.surge_rate.labels(s.scope).set(s.rate_per_min)
+                if s.extra_agents is not None:
+                    self.metrics.surge_extra_agents.labels(s.scope).set(s.extra_agents)
         return out
 
     async def _staffing(self, now: int) -> dict[str, Staffing]:

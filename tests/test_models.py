@@ -1,4 +1,4 @@
-"""Envelope and decision models: round trips, strict decoding, published schemas."""
+"""Envelope and decision models: round trips, strict decoding; every record's published schema."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from omniroute.router.exceptions import InvalidEnvelope
 from omniroute.router.models import Band, Channel, Envelope, message_id
-from omniroute.router.schema import json_schema
+from omniroute.router.schema import RECORDS, json_schema
 from tests.helpers import envelope
 
 DOCS = Path(__file__).parent.parent / "docs" / "schema"
@@ -73,10 +73,15 @@ def test_band_rank_orders_the_queue_score() -> None:
     assert Channel("livestream") is Channel.LIVESTREAM
 
 
-@pytest.mark.parametrize("which", ["envelope", "decision"])
+@pytest.mark.parametrize("which", sorted(RECORDS))
 def test_published_schema_matches_the_code(which: str) -> None:
     published = json.loads((DOCS / f"{which}.schema.json").read_text())
     assert published == json_schema(which), (
         f"docs/schema/{which}.schema.json is stale: regenerate with "
         f"`omniroute schema {which} > docs/schema/{which}.schema.json`"
     )
+
+
+def test_every_published_schema_is_a_known_record() -> None:
+    published = {p.name.removesuffix(".schema.json") for p in DOCS.glob("*.schema.json")}
+    assert published == set(RECORDS), "docs/schema/ and router.schema.RECORDS disagree"

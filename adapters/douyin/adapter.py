@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from ...router import topics
+from ...router.events import ChatterRecord, ChatterRule, SignalRecord
 from ...router.exceptions import BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, Installer, read_limited
 from ...router.models import Channel, Envelope, message_id
@@ -116,10 +116,10 @@ class LivePushHandler:
         duplicates = len(items) - len(fresh)
 
         routed: list[Envelope] = []
-        chatter: list[Envelope] = []
-        rules: dict[str, int] = {}
+        chatter: list[ChatterRecord] = []
+        rules: dict[ChatterRule, int] = {}
         pii: dict[str, int] = {}
-        signals: list[tuple[bytes, bytes]] = []
+        signals: list[SignalRecord] = []
         if push.msg_type == "live_comment":
             for item in fresh:
                 env, masked = mask_envelope(comment_envelope(item, room, now_ms))
@@ -131,8 +131,7 @@ class LivePushHandler:
                     routed.append(env)
                 else:
                     rules[rule] = rules.get(rule, 0) + 1
-                    chatter.append(dataclasses.replace(env, meta={**env.meta,
-                                                                  "chatter_rule": rule}))
+                    chatter.append(ChatterRecord(env, rule))
         elif fresh:
             signals.append(signal_record(push.msg_type, room, fresh, now_ms))
 
@@ -166,18 +165,20 @@ class LivePushHandler:
             "signals": len(fresh) if signals else 0, "duplicates": duplicates,
         })
 
-    async def _produce(self, room: str, routed: list[Envelope], chatter: list[Envelope],
-                       signals: list[tuple[bytes, bytes]]) -> None:
+    async def _produce(self, room: str, routed: list[Envelope], chatter: list[ChatterRecord],
+                       signals: list[SignalRecord]) -> None:
         settings = self.ctx.settings
         sends = []
         if routed:
             sends.append(self.ctx.sink.send_envelopes(routed))
         if chatter:
             sends.append(self.ctx.sink.send_records(
-                settings.topic(topics.CHATTER), [(room.encode(), e.to_json()) for e in chatter]
+                settings.topic(topics.CHATTER), [(room.encode(), c.to_json()) for c in chatter]
             ))
         if signals:
-            sends.append(self.ctx.sink.send_records(settings.topic(topics.SIGNALS), signals))
+            sends.append(self.ctx.sink.send_records(
+                settings.topic(topics.SIGNALS), [(s.room.encode(), s.to_json()) for s in signals]
+            ))
         await asyncio.gather(*sends)
 
 

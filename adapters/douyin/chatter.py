@@ -28,6 +28,7 @@ import unicodedata
 from collections import OrderedDict
 from typing import Final
 
+from ...router.events import ChatterRule
 from .config import ChatterConfig
 
 __all__ = ["ChatterRules", "meaningful", "normalise"]
@@ -75,7 +76,9 @@ class ChatterRules:
         seen_s, seen_id = previous
         return seen_id != msg_id and now_s - seen_s <= self.config.repeat_window_s
 
-    def classify(self, viewer: str, text: str, msg_id: str, now_s: float) -> str | None:
+    def classify(
+        self, viewer: str, text: str, msg_id: str, now_s: float
+    ) -> ChatterRule | None:
         """The chatter rule that matches, or None when the comment goes to agents."""
         if not text.strip():
             return "empty"

@@ -1,4 +1,4 @@
-"""Douyin push bodies -> envelopes (comments) and compact signal records (gifts, likes).
+"""Douyin push bodies -> envelopes (comments) and signal records (gifts, likes, fans club).
 
 Body: a JSON array of ``{msg_id, sec_openid, content, nickname, avatar_url,
 timestamp}`` (gifts add ``sec_gift_id``, ``gift_num``, ``gift_value``; likes
@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from ...router.events import SIGNAL_KINDS, SignalKind, SignalRecord
 from ...router.exceptions import BadRequest, PayloadTooLarge
 from ...router.models import (
     MAX_TEXT_CHARS,
@@ -26,8 +27,7 @@ from ..text import clip
 
 __all__ = ["LiveItem", "comment_envelope", "parse_items", "signal_record", "to_ms"]
 
-SIGNAL_SCHEMA_VERSION: Final = 1
-
+_SIGNAL_KINDS: Final[dict[str, SignalKind]] = {k: k for k in SIGNAL_KINDS}
 
 def _id_str(value: Any) -> Any:
     # Douyin sends ids as strings; tolerate integers without accepting floats or bools.
@@ -110,26 +110,25 @@ def comment_envelope(item: LiveItem, room_id: str, received_at_ms: int) -> Envel
 
 
 def signal_record(
-    kind: str, room_id: str, items: list[LiveItem], received_at_ms: int
-) -> tuple[bytes, bytes]:
-    """One compact ``omni.signals`` record (key = room id) summarising a push."""
+    msg_type: str, room_id: str, items: list[LiveItem], received_at_ms: int
+) -> SignalRecord:
+    """The ``omni.signals`` record (key = room id) summarising one push of gifts, likes
+    or fans-club events (KeyError for a ``live_comment`` push: comments are routed)."""
+    kind = _SIGNAL_KINDS[msg_type]
     stamps = [t for t in (to_ms(i.timestamp) for i in items) if t is not None]
     count = sum(
         (i.gift_num if kind == "live_gift" else i.like_num if kind == "live_like" else None) or 1
         for i in items
     )
-    value: dict[str, Any] = {
-        "schema": SIGNAL_SCHEMA_VERSION,
-        "channel": Channel.LIVESTREAM.value,
-        "room": room_id,
-        "kind": kind,
-        "events": len(items),
-        "count": count,
-        "viewers": len({i.sec_openid for i in items}),
-        "first_ms": min(stamps) if stamps else None,
-        "last_ms": max(stamps) if stamps else None,
-        "received_at_ms": received_at_ms,
-    }
-    if kind == "live_gift":
-        value["gift_value"] = sum(i.gift_value or 0 for i in items)
-    return room_id.encode(), orjson.dumps(value)
+    return SignalRecord(
+        channel=Channel.LIVESTREAM,
+        room=room_id,
+        kind=kind,
+        events=len(items),
+        count=count,
+        viewers=len({i.sec_openid for i in items}),
+        first_ms=min(stamps) if stamps else None,
+        last_ms=max(stamps) if stamps else None,
+        received_at_ms=received_at_ms,
+        gift_value=sum(i.gift_value or 0 for i in items) if kind == "live_gift" else None,
+    )
