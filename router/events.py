@@ -23,7 +23,6 @@ in ``docs/schema/``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, get_args
 
@@ -118,7 +117,7 @@ class AgentEvent:
         return cls.from_dict(_rec.loads(raw, "agent event"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AgentEvent:
+    def from_dict(cls, data: Any) -> AgentEvent:
         """Build from decoded JSON; raises InvalidRecord naming the bad field."""
         r = "agent event"
         d = _rec.obj(data, r)
@@ -209,7 +208,7 @@ class SlaAlert:
         return cls.from_dict(_rec.loads(raw, "SLA alert"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SlaAlert:
+    def from_dict(cls, data: Any) -> SlaAlert:
         """Build from decoded JSON, checking every field; raises InvalidRecord."""
         r = "SLA alert"
         d = _rec.obj(data, r)
@@ -312,7 +311,7 @@ class SurgeSignal:
         return cls.from_dict(_rec.loads(raw, "surge signal"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SurgeSignal:
+    def from_dict(cls, data: Any) -> SurgeSignal:
         """Build from decoded JSON (or from the detector's dict), checking every field."""
         r = "surge signal"
         d = _rec.obj(data, r)
@@ -371,7 +370,7 @@ class ChatterRecord:
         return cls.from_dict(_rec.loads(raw, "chatter record"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ChatterRecord:
+    def from_dict(cls, data: Any) -> ChatterRecord:
         """Build from decoded JSON: a valid envelope with a known ``meta.chatter_rule``."""
         env = Envelope.from_dict(data)
         rule: ChatterRule = _rec.choice(env.meta, "chatter_rule", _CHATTER_RULES,
@@ -428,7 +427,7 @@ class SignalRecord:
         return cls.from_dict(_rec.loads(raw, "signal record"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SignalRecord:
+    def from_dict(cls, data: Any) -> SignalRecord:
         """Build from decoded JSON, checking every field; raises InvalidRecord."""
         r = "signal record"
         d = _rec.obj(data, r)
