@@ -213,5 +213,21 @@ def test_auto_replies_are_flagged() -> None:
     assert not parse_mail(b"From: a@b.example\r\nAuto-Submitted: no\r\n\r\nx").auto_submitted
 
 
+def test_header_fields_with_raw_8bit_bytes_do_not_break_parsing() -> None:
+    """Found by tests/test_ingest_fuzz.py: such fields came back as Header objects and the
+    parser called str methods on them (SMTP answered 451 and the MTA retried forever)."""
+    flagged = parse_mail(b"From: a@b.example\r\nAuto-Submitted:\x80\r\n\r\nx")
+    assert flagged.auto_submitted  # present and not "no"
+    raw = (b"From: a@b.example\r\nPrecedence: bu\xe9lk\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           b"--b\r\nContent-Type: image/png\r\nContent-Disposition: at\xe9tachment\r\n\r\n"
+           b"png\r\n--b--\r\n")
+    mail = parse_mail(raw)
+    assert not mail.auto_submitted
+    assert mail.body == "hello"
+    assert [a.kind for a in mail.attachments] == ["image"]
+
+
 def test_normalise_subject() -> None:
     assert normalise_subject("Re: 回复：Fwd: RE[2]: 订单") == "订单"

@@ -211,10 +211,17 @@ def _payload(part: Message) -> bytes:
     return raw.encode("utf-8", errors="surrogateescape") if isinstance(raw, str) else b""
 
 
+def _raw_header(msg: Message, name: str) -> str:
+    """The field as text, undecoded; compat32 hands back a ``Header`` (no ``str`` methods)
+    when the field holds bytes that are not ASCII."""
+    value = msg.get(name)
+    return "" if value is None else str(value)
+
+
 def is_auto_submitted(msg: Message) -> bool:
     """Out-of-office replies, bounces and list mail: kept off agent queues (RFC 3834)."""
-    auto = (msg.get("Auto-Submitted") or "no").strip().lower()
-    precedence = (msg.get("Precedence") or "").strip().lower()
+    auto = (_raw_header(msg, "Auto-Submitted") or "no").strip().lower()
+    precedence = _raw_header(msg, "Precedence").strip().lower()
     return (
         auto != "no"
         or precedence in ("bulk", "junk", "list", "auto_reply")
@@ -246,7 +253,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
     total = 0
     for index, part in enumerate(_leaves(msg)):
         ctype = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
+        disposition = _raw_header(part, "Content-Disposition").split(";", 1)[0].strip().lower()
         raw_name = part.get_filename()
         name = decode_header_value(raw_name) if raw_name else None
         is_text = ctype in ("text/plain", "text/html")
