@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import ahocorasick
 
@@ -77,15 +77,17 @@ def _target(tag_id: str, is_emotion: bool, negatable: bool, keyword: str) -> _Ta
     return _Target((is_emotion, tag_id), negatable, keyword, 0, hit, alone)
 
 
-# Model n-gram weights as (category index, weight) pairs.
-_Weights = tuple[tuple[int, float], ...]
+# A model n-gram and its weight per scored category: (gram, w0, w1, ...). Dense, so
+# that the columns of a message's n-grams are summed by ``sum`` in C after one
+# ``zip(*grams)``, not weight by weight in Python.
+_Weights = tuple[Any, ...]
 # Automaton payload, a plain tuple for fast unpacking in the hot loop:
 # (length of the normalised keyword, word_start, word_end, targets, weights, gram).
 # A keyword that starts/ends with a latin letter or digit must not match inside a
 # longer latin word or number ("app" in "apple", "315" in "3150"). Stop phrases have
 # no targets (()); model n-grams that are no keyword have targets None, and only
 # n-grams carry weights.
-_Entry = tuple[int, bool, bool, tuple[_Target, ...] | None, _Weights | None, str]
+_Entry = tuple[int, bool, bool, tuple[_Target, ...] | None, _Weights | None]
 
 # Characters put first among the automaton root's children (see _root_order). The
 # most frequent characters of modern Chinese, in frequency order.
@@ -198,8 +200,16 @@ class Tagger:
         ('logistics.delay',)
     """
 
-    __slots__ = ("_any_cue", "_automaton", "_keywords", "_negated", "_normalize", "_scorer",
-                 "model", "taxonomy")
+    __slots__ = (
+        "_any_cue",
+        "_automaton",
+        "_keywords",
+        "_negated",
+        "_normalize",
+        "_scorer",
+        "model",
+        "taxonomy",
+    )
 
     def __init__(self, taxonomy: Taxonomy, model: TagModel | None = None) -> None:
         """Compile ``taxonomy`` (and ``model``'s n-grams) into one automaton.
@@ -230,18 +240,18 @@ class Tagger:
         weights = self._scorer.weights if self._scorer is not None else {}
         automaton = ahocorasick.Automaton()
         for ch in _root_order(self._keywords):
-            automaton.add_word(ch + _NEVER, (2, False, False, (), None, ""))
+            automaton.add_word(ch + _NEVER, (2, False, False, (), None))
         entries: dict[str, _Entry] = {}
         for phrase in taxonomy.stop_phrases:
             norm = self._normalize(phrase)
             if norm not in targets:  # a stop phrase that is also a keyword stays a keyword
-                entries[norm] = (len(norm), False, False, (), weights.get(norm), norm)
+                entries[norm] = (len(norm), False, False, (), weights.get(norm))
         for norm, found in targets.items():
             word_start, word_end = _is_word_char(norm[0]), _is_word_char(norm[-1])
-            entries[norm] = (len(norm), word_start, word_end, tuple(found), weights.get(norm), norm)
+            entries[norm] = (len(norm), word_start, word_end, tuple(found), weights.get(norm))
         for gram, w in weights.items():
             if gram not in entries:
-                entries[gram] = (len(gram), False, False, None, w, gram)
+                entries[gram] = (len(gram), False, False, None, w)
         for norm, entry in entries.items():
             automaton.add_word(norm, entry)
         automaton.make_automaton()
@@ -273,14 +283,12 @@ class Tagger:
         # matches by end position, so a new match can only contain earlier ones that
         # start at or after it, which are at the top of the stack.
         spans: list[tuple[int, int, tuple[_Target, ...]]] = []
-        grams: list[tuple[str, _Weights]] = []
+        grams: list[_Weights] = []
         last = len(norm) - 1
         negated = self._negated
-        for end, (length, word_start, word_end, targets, weights, gram) in self._automaton.iter(
-            norm
-        ):
+        for end, (length, word_start, word_end, targets, weights) in self._automaton.iter(norm):
             if weights is not None:
-                grams.append((gram, weights))
+                grams.append(weights)
             if targets is None:
                 continue  # an n-gram of the model only
             start = end - length + 1
@@ -356,18 +364,18 @@ class _Scorer:
                     kw.setdefault(k, []).append((index[c], w))
         self._kw = {k: tuple(v) for k, v in kw.items()}
         self.weights: dict[str, _Weights] = {
-            gram: tuple((index[c], w) for c, w in ws.items() if w)
-            for gram, ws in model.ngrams.items()
+            gram: (gram, *(ws.get(c, 0.0) for c in self._cats)) for gram, ws in model.ngrams.items()
         }
 
     def decide(
-        self, hits: dict[tuple[bool, str], list[_Target]] | None, grams: list[tuple[str, _Weights]]
+        self, hits: dict[tuple[bool, str], list[_Target]] | None, grams: list[_Weights]
     ) -> TagResult:
         """Keyword hits plus n-gram weights -> the tags the model keeps, drops or adds."""
-        scores = self._bias.copy()
-        for _, weights in grams:
-            for i, w in weights:
-                scores[i] += w
+        columns: list[tuple[Any, ...]] = list(zip(*grams, strict=True)) if grams else []
+        if columns:
+            scores = [b + sum(col) for b, col in zip(self._bias, columns[1:], strict=True)]
+        else:
+            scores = list(self._bias)
         keyword_cats: set[str] = set()
         if hits is not None:
             for is_emotion, tag_id in hits:
@@ -376,10 +384,12 @@ class _Scorer:
             for cat in keyword_cats:
                 for i, w in self._kw.get(cat, ()):
                     scores[i] += w
-        fired: dict[str, int] = {}
-        for i, cat in enumerate(self._cats):
-            if scores[i] >= self._cut[i] or (cat in self._final and cat in keyword_cats):
-                fired[cat] = i
+        fired = {
+            cat: i
+            for i, (cat, score, cut) in enumerate(zip(self._cats, scores, self._cut, strict=True))
+            if score >= cut or (cat in self._final and cat in keyword_cats)
+        }
+        evidence: dict[int, tuple[tuple[str, float], ...]] = {}
         tags: list[TagHit] = []
         emotions: list[TagHit] = []
         covered: set[str] = set()
@@ -398,11 +408,12 @@ class _Scorer:
                     tags.append(hit)  # a topic category the model does not score
                     continue
                 covered.add(cat)
-                tags.append(TagHit(hit.id, hit.keywords, _prob(scores[i]),
-                                   _evidence(grams, i)))
+                if i not in evidence:
+                    evidence[i] = _evidence(columns, i)
+                tags.append(TagHit(hit.id, hit.keywords, _prob(scores[i]), evidence[i]))
         for cat, i in fired.items():
             if cat not in covered:
-                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), _evidence(grams, i)))
+                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), _evidence(columns, i)))
         if not tags and not emotions:
             return EMPTY
         tags.sort(key=lambda t: t.id)
@@ -413,14 +424,19 @@ def _prob(score: float) -> float:
     return round(1.0 / (1.0 + math.exp(-score)), 3)
 
 
-def _evidence(grams: list[tuple[str, _Weights]], index: int) -> tuple[tuple[str, float], ...]:
-    best: dict[str, float] = {}
-    for gram, weights in grams:
-        for i, w in weights:
-            if i == index and w > 0:
-                best[gram] = best.get(gram, 0.0) + w
-    top = sorted(best.items(), key=lambda kv: -kv[1])[:_EVIDENCE]
-    return tuple((g, round(w, 3)) for g, w in top)
+def _evidence(columns: list[tuple[Any, ...]], index: int) -> tuple[tuple[str, float], ...]:
+    """The strongest positive n-grams for one category (each named once)."""
+    if not columns:
+        return ()
+    out: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for w, gram in sorted(zip(columns[index + 1], columns[0], strict=True), reverse=True):
+        if w <= 0 or len(out) == _EVIDENCE:
+            break
+        if gram not in seen:
+            seen.add(gram)
+            out.append((gram, round(w, 3)))
+    return tuple(out)
 
 
 def _attach_inner(targets: dict[str, list[_Target]]) -> None:

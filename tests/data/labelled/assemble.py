@@ -4,7 +4,7 @@
     python3 tests/data/labelled/assemble.py [../shared/data]
 
 Inputs (all in this folder except the source texts):
-- ``passes/S{1,2,3,4}.{A,B}.tsv``: two independent passes (annotators A and B, who saw
+- ``passes/S{1..6}.{A,B}.tsv``: two independent passes (annotators A and B, who saw
   only the text and docs/LABELLING.md), ``id<TAB>labels`` per line;
 - ``adjudicated.tsv``: the final labels of every item on which the passes disagree;
 - ``weibo_sample.json``: which Weibo posts were sampled (seeded, before labelling);
@@ -66,16 +66,20 @@ def main(shared: Path) -> None:
         for n, line in enumerate(f, 1):
             d = json.loads(line)
             texts[d["id"]] = (d["source"], d["text"], f"weibo_service_posts.jsonl line {n}")
-    sample = json.loads((HERE / "weibo_sample.json").read_text())
+    # The seeded sample of 2,000 (S3, S4) was labelled first, the remaining posts (S5, S6)
+    # the same way afterwards; the file keeps the sample first, then the rest in file order.
+    sample = json.loads((HERE / "weibo_sample.json").read_text())["weibo_ids"]
+    taken = set(sample)
+    weibo_ids = sample + [i for i in texts if i.startswith("w") and i not in taken]
     a: dict[str, frozenset[str]] = {}
     b: dict[str, frozenset[str]] = {}
-    for s in ("S1", "S2", "S3", "S4"):
+    for s in ("S1", "S2", "S3", "S4", "S5", "S6"):
         a |= read_pass(HERE / "passes" / f"{s}.A.tsv")
         b |= read_pass(HERE / "passes" / f"{s}.B.tsv")
     adjudicated = read_pass(HERE / "adjudicated.tsv") if (HERE / "adjudicated.tsv").exists() else {}
     agreement: dict[str, dict[str, object]] = {}
     for name, ids in (("food_shopping", [f"d{i:04d}" for i in range(len(rows))]),
-                      ("weibo_service", sample["weibo_ids"])):
+                      ("weibo_service", weibo_ids)):
         missing = [i for i in ids if i not in a or i not in b]
         if missing:
             raise SystemExit(f"{name}: {len(missing)} items lack a pass, e.g. {missing[:3]}")
