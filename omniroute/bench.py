@@ -42,13 +42,12 @@ LATENCY_MESSAGES = 2000
 
 
 @contextlib.contextmanager
-def _infrastructure(settings: Settings | None) -> Iterator[Settings]:
+def _infrastructure(base: Settings, external: bool) -> Iterator[Settings]:
     tag = uuid.uuid4().hex[:8]
-    base = settings or Settings()
     with contextlib.ExitStack() as stack:
         bootstrap = base.kafka_bootstrap
         redis_url = base.redis_url
-        if settings is None:
+        if not external:
             bootstrap = stack.enter_context(start_broker()).url
             redis_url = stack.enter_context(redis_or_embedded(base.redis_url))
         yield base.model_copy(update={
@@ -240,7 +239,8 @@ async def _bench(settings: Settings, n: int) -> dict[str, Any]:
     }
 
 
-def run_bench(n: int, settings: Settings | None = None) -> dict[str, Any]:
-    """Run the benchmark (embedded broker and Redis unless ``settings`` is given)."""
-    with _infrastructure(settings) as s:
+def run_bench(n: int, settings: Settings, *, external: bool = False) -> dict[str, Any]:
+    """Run the benchmark: on an embedded broker (and an embedded Redis unless one answers
+    at ``REDIS_URL``), or on ``settings``' broker and Redis when ``external``."""
+    with _infrastructure(settings, external) as s:
         return asyncio.run(_bench(s, n))

@@ -11,6 +11,7 @@ from typing import Annotated
 import orjson
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
@@ -49,6 +50,9 @@ def _settings(config: Path | None = None) -> Settings:
     except ValidationError as exc:
         problem = format_validation_error(exc, hide=SECRET_SETTINGS, limit=1)
         err.print(f"[red]invalid environment setting {escape(problem)}[/red]")
+        raise typer.Exit(2) from None
+    except SettingsError as exc:  # a list that is not JSON: the cause names the variable
+        err.print(f"[red]invalid environment setting {escape(str(exc.__cause__ or exc))}[/red]")
         raise typer.Exit(2) from None
     if config is not None:
         settings = settings.model_copy(update={"config_dir": config})
@@ -252,7 +256,7 @@ def demo(
     from .demo import run_demo
 
     try:
-        run_demo(messages, keep_running)
+        run_demo(messages, _settings(), keep_running)
     except OmniError as exc:
         raise _fail(exc, 1) from None
 
@@ -267,7 +271,7 @@ def bench(
     from .bench import run_bench
 
     try:
-        result = run_bench(messages, _settings() if external else None)
+        result = run_bench(messages, _settings(), external=external)
     except OmniError as exc:
         raise _fail(exc, 1) from None
     typer.echo(orjson.dumps(result).decode())

@@ -27,7 +27,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,7 +35,7 @@ from .admin import ensure_topics
 from .corpus import bundled_texts, demo_message
 from .customers import import_tiers
 from .embedded import free_port, redis_or_embedded, start_broker
-from .router import topics
+from .router import kafka, topics
 from .router.exceptions import InfrastructureError
 from .router.settings import Settings
 
@@ -127,10 +126,7 @@ async def _replay(
 
 
 async def _collect(settings: Settings, ids: set[str], progress: Progress) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(
-        settings.topic(topics.ROUTED), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", group_id=None, fetch_max_wait_ms=100,
-    )
+    consumer = kafka.consumer(settings, settings.topic(topics.ROUTED), group_id=None)
     await consumer.start()
     task = progress.add_task("decisions on omni.routed", total=len(ids))
     found: dict[str, dict[str, Any]] = {}
@@ -232,9 +228,10 @@ async def _demo(settings: Settings, n: int, keep_running: bool, workdir: Path) -
                     await asyncio.sleep(1)
 
 
-def run_demo(n: int, keep_running: bool = False) -> None:
-    """Run the demo end to end; raise InfrastructureError if a part fails."""
-    base = Settings()
+def run_demo(n: int, base: Settings, keep_running: bool = False) -> None:
+    """Run the demo end to end on ``base`` settings with an embedded broker (and an
+    embedded Redis unless one answers at ``REDIS_URL``); raise InfrastructureError if a
+    part fails."""
     tag = uuid.uuid4().hex[:6]
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omniroute-demo-")))

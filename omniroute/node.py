@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from .adapters import build_http_app, channel_installers
-from .adapters.email import EmailSettings, ImapPoller, SmtpServer
+from .adapters.email import ImapPoller, SmtpServer
 from .router.app import create_worker_app
 from .router.http import HttpContext
 from .router.metrics import AdapterMetrics
@@ -58,7 +58,7 @@ async def http_ingest(
 
 async def _start_mail(stack: contextlib.AsyncExitStack, ctx: HttpContext) -> None:
     """Inbound SMTP when OMNI_EMAIL_DOMAINS is set; the IMAP poller when OMNI_IMAP_HOST is."""
-    mail = EmailSettings()
+    mail = ctx.settings.email
     if mail.domains:
         smtp = await stack.enter_async_context(SmtpServer(ctx, mail))
         log.info("%r", smtp)

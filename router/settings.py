@@ -1,13 +1,40 @@
-"""Process settings: read from the environment once, at the edge, then passed down."""
+"""Process settings: one tree, read from the environment once at process start, then
+passed down.
+
+:class:`Settings` is the root: the broker, Redis, topic and HTTP settings every
+process shares, and one section per component (``email``, ``phone``,
+``agent_api``, ``sla``). Each environment variable is declared once, here (see
+README, "Configuration reference", and the channel and SLA documents). ``Settings()``
+is called once, by the CLI; everything else receives it or its section. The
+sections are plain models: they never read the environment on their own.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-__all__ = ["Settings", "default_config_dir"]
+__all__ = [
+    "AgentApiSettings",
+    "EmailSettings",
+    "PhoneSettings",
+    "Settings",
+    "SlaServiceSettings",
+    "default_config_dir",
+]
 
 
 def default_config_dir() -> Path:
@@ -15,6 +42,137 @@ def default_config_dir() -> Path:
     # ``config/`` sits beside the packages: the repository's in a checkout,
     # ``omniroute/config`` in the wheel.
     return Path(__file__).resolve().parent.parent / "config"
+
+
+class _Section(BaseModel):
+    """A part of the settings tree; fields are named by their environment variable."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+_Names = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    """Comma-separated text or a JSON array -> a tuple."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return tuple(json.loads(text))
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+    return value
+
+
+class EmailSettings(_Section):
+    """The e-mail channel: inbound SMTP and the IMAP IDLE poller (docs/channels-email-phone.md).
+
+    Lists accept either comma-separated text or a JSON array.
+    """
+
+    # -- which mail is ours ------------------------------------------------------
+    domains: _Names = Field(default=(), alias="OMNI_EMAIL_DOMAINS")  # e.g. "kefu.example.com"
+    # Full addresses we accept; empty = any local part at ``domains``.
+    mailboxes: _Names = Field(default=(), alias="OMNI_EMAIL_MAILBOXES")
+
+    # -- inbound SMTP --------------------------------------------------------------
+    smtp_host: str = Field(default="127.0.0.1", alias="OMNI_SMTP_HOST")
+    smtp_port: int = Field(default=2525, ge=0, le=65535, alias="OMNI_SMTP_PORT")
+    # Name in the banner and the EHLO answer.
+    smtp_hostname: str = Field(default="omniroute", alias="OMNI_SMTP_HOSTNAME")
+    max_message_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, alias="OMNI_SMTP_MAX_MESSAGE_BYTES"
+    )
+    max_recipients: int = Field(default=20, ge=1, le=1000, alias="OMNI_SMTP_MAX_RECIPIENTS")
+    smtp_timeout_s: float = Field(default=300.0, gt=0, alias="OMNI_SMTP_TIMEOUT_S")  # idle client
+
+    # -- shared --------------------------------------------------------------------
+    dedupe_ttl_s: int = Field(default=7 * 86_400, ge=60, alias="OMNI_EMAIL_DEDUPE_TTL_S")
+
+    # -- IMAP IDLE poller ------------------------------------------------------------
+    imap_host: str | None = Field(default=None, alias="OMNI_IMAP_HOST")
+    imap_port: int = Field(default=993, ge=1, le=65535, alias="OMNI_IMAP_PORT")
+    imap_ssl: bool = Field(default=True, alias="OMNI_IMAP_SSL")
+    imap_user: str = Field(default="", alias="OMNI_IMAP_USER")
+    imap_password: SecretStr = Field(default=SecretStr(""), alias="OMNI_IMAP_PASSWORD")
+    imap_folder: str = Field(default="INBOX", alias="OMNI_IMAP_FOLDER")
+    imap_account: str | None = Field(default=None, alias="OMNI_IMAP_ACCOUNT")  # default: imap_user
+    # Re-issue IDLE before NAT boxes and servers drop it (RFC 2177: < 29 min).
+    # Also bounds how long mail that lands between the UNSEEN search and IDLE waits.
+    imap_idle_s: float = Field(default=60.0, gt=0, le=1740, alias="OMNI_IMAP_IDLE_S")
+    imap_backoff_initial_s: float = Field(default=1.0, gt=0, alias="OMNI_IMAP_BACKOFF_INITIAL_S")
+    imap_backoff_max_s: float = Field(default=60.0, gt=0, alias="OMNI_IMAP_BACKOFF_MAX_S")
+    imap_timeout_s: float = Field(default=30.0, gt=0, alias="OMNI_IMAP_TIMEOUT_S")  # per command
+
+    @field_validator("domains", "mailboxes", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        value = _split(value)
+        if isinstance(value, list | tuple):
+            return tuple(str(v).strip().lower() for v in value if str(v).strip())
+        return value
+
+    def accepts_domain(self, domain: str) -> bool:
+        """True if mail for ``domain`` is ours."""
+        return domain.lower() in self.domains
+
+    def accepts_mailbox(self, address: str) -> bool:
+        """True if ``address`` (at one of our domains) is a known mailbox."""
+        return not self.mailboxes or address.lower() in self.mailboxes
+
+
+class PhoneSettings(_Section):
+    """The phone channel's secrets and URLs (docs/channels-email-phone.md)."""
+
+    twilio_auth_token: SecretStr | None = Field(default=None, alias="OMNI_TWILIO_AUTH_TOKEN")
+    # The URL Twilio calls, as Twilio sees it (scheme, host, path prefix), when a
+    # proxy or load balancer sits in front: signatures cover the full public URL.
+    public_base_url: str | None = Field(default=None, alias="OMNI_PHONE_PUBLIC_BASE_URL")
+    tccc_username: str | None = Field(default=None, alias="OMNI_TCCC_USERNAME")  # push basicAuth
+    tccc_password: SecretStr | None = Field(default=None, alias="OMNI_TCCC_PASSWORD")
+    # Default: phone.yaml in the config directory (OMNI_CONFIG_DIR).
+    config_file: Path | None = Field(default=None, alias="OMNI_PHONE_CONFIG")
+    dedupe_ttl_s: int = Field(default=86_400, ge=60, alias="OMNI_PHONE_DEDUPE_TTL_S")
+    max_body_bytes: int = Field(default=65_536, ge=1024, alias="OMNI_PHONE_MAX_BODY_BYTES")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                f"OMNI_PHONE_PUBLIC_BASE_URL must start with https:// (got {value!r})"
+            )
+        return value
+
+
+class AgentApiSettings(_Section):
+    """The agent API and the agents' liveness, which the SLA worker's staffing reads too."""
+
+    agent_tokens: tuple[SecretStr, ...] = Field(default=(), alias="OMNI_AGENT_TOKENS")
+    agent_live_ttl_s: float = Field(default=90.0, gt=0, alias="OMNI_AGENT_LIVE_TTL_S")
+    max_slots: int = Field(default=50, ge=1, alias="OMNI_AGENT_MAX_SLOTS")
+
+
+class SlaServiceSettings(_Section):
+    """The SLA worker process (docs/sla.md)."""
+
+    web_port: int = Field(default=6067, ge=0, le=65535, alias="OMNI_SLA_WEB_PORT")
+    tick_s: float = Field(default=1.0, gt=0, le=60, alias="OMNI_SLA_TICK_S")
+
+
+def _section(model: type[_Section]) -> Any:
+    """A section's defaults (not the environment: only ``Settings()`` reads it)."""
+    return Field(default_factory=lambda: model.model_validate({}))
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "email": EmailSettings,
+    "phone": PhoneSettings,
+    "agent_api": AgentApiSettings,
+    "sla": SlaServiceSettings,
+}
 
 
 class Settings(BaseSettings):
@@ -40,6 +198,8 @@ class Settings(BaseSettings):
     max_batch_messages: int = Field(500, ge=1, le=10_000, alias="OMNI_MAX_BATCH_MESSAGES")
     hmac_window_s: float = Field(300.0, gt=0, alias="OMNI_HMAC_WINDOW_S")
     produce_timeout_s: float = Field(5.0, gt=0, alias="OMNI_PRODUCE_TIMEOUT_S")
+    # Key of the hash that turns sender addresses and caller numbers into customer ids.
+    customer_id_salt: SecretStr = Field(SecretStr(""), alias="OMNI_CUSTOMER_ID_SALT")
 
     batch_max_records: int = Field(1000, ge=1, le=100_000, alias="OMNI_BATCH_MAX_RECORDS")
     decision_ttl_s: int = Field(7 * 86_400, ge=60, alias="OMNI_DECISION_TTL_S")
@@ -49,6 +209,60 @@ class Settings(BaseSettings):
     fast_rebalance: bool = Field(False, alias="OMNI_FAST_REBALANCE")
     kafka_idempotence: bool = Field(False, alias="OMNI_KAFKA_IDEMPOTENCE")
 
+    email: EmailSettings = _section(EmailSettings)
+    phone: PhoneSettings = _section(PhoneSettings)
+    agent_api: AgentApiSettings = _section(AgentApiSettings)
+    sla: SlaServiceSettings = _section(SlaServiceSettings)
+
+    #: The environment as read at start, for the variables that ``channels.yaml``
+    #: names per account (``token_env``, ``secret_env``, ...). Never printed.
+    environ: Mapping[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values first, then the process environment (the whole tree)."""
+        return init_settings, _ProcessEnvironment(settings_cls)
+
     def topic(self, name: str) -> str:
         """The full topic name for one of ``router.topics``."""
         return f"{self.topic_prefix}{name}"
+
+
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' reading of variables; a list that is not JSON names its variable."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            # the value is not repeated: it may be a secret
+            raise ValueError(
+                f"{field.alias or field_name}: not valid JSON; write a list as "
+                '\'["first", "second"]\''
+            ) from None
+
+
+class _ProcessEnvironment(_Variables):
+    """The root's variables, each section's variables, and the snapshot for ``environ``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in _SECTIONS or field_name == "environ":
+            return None, field_name, False  # filled in __call__, never from a variable
+        return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for name, model in _SECTIONS.items():
+            # the same decoding as the root's (JSON lists, NoDecode), per section
+            values = _Variables(model)()  # type: ignore[arg-type]  # a model, not settings
+            if values:
+                data[name] = values
+        data["environ"] = dict(os.environ)
+        return data

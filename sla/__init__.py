@@ -12,7 +12,7 @@ from .config import SlaConfig, load_sla_config
 from .escalation import Escalator
 from .exceptions import SlaError, StateConflict
 from .metrics import SlaMetrics
-from .service import SlaServiceSettings, run_sla, sla_service
+from .service import run_sla, sla_service
 from .state import ConvState, SlaEngine
 from .surge import SurgeDetector, SurgeWindows, erlang_b, erlang_c, slots_for_service_level
 from .timers import TimerStore
@@ -31,7 +31,6 @@ __all__ = [
     "SlaEngine",
     "SlaError",
     "SlaMetrics",
-    "SlaServiceSettings",
     "SlaWorker",
     "StateConflict",
     "SurgeDetector",

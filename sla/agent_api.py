@@ -28,16 +28,15 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..router import topics
 from ..router.events import AgentEvent
 from ..router.exceptions import BrokerUnavailable, RequestRejected
 from ..router.http import HttpContext, Installer, read_limited
+from ..router.settings import AgentApiSettings
 from .agents import AgentDesk, ConvAction
 
-__all__ = ["AgentApiSettings", "install", "installer"]
+__all__ = ["install", "installer"]
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES: Final = 16_384
@@ -47,16 +46,6 @@ ACTIONS: Final[dict[str, ConvAction]] = {
     "accept": "accept", "reply": "reply", "wait": "wait_customer",
     "resolve": "resolve", "transfer": "transfer",
 }
-
-
-class AgentApiSettings(BaseSettings):
-    """Settings of the agent API (environment, read once by the installer)."""
-
-    model_config = SettingsConfigDict(env_prefix="", frozen=True, extra="ignore")
-
-    agent_tokens: tuple[SecretStr, ...] = Field(default=(), alias="OMNI_AGENT_TOKENS")
-    agent_live_ttl_s: float = Field(default=90.0, gt=0, alias="OMNI_AGENT_LIVE_TTL_S")
-    max_slots: int = Field(default=50, ge=1, alias="OMNI_AGENT_MAX_SLOTS")
 
 
 class _HttpError(Exception):
@@ -79,8 +68,8 @@ def installer(api_settings: AgentApiSettings) -> Installer:
 
 
 def install(app: web.Application, ctx: HttpContext) -> None:
-    """Add the agent API to the adapters' app (settings from the environment)."""
-    _install_routes(app, ctx, AgentApiSettings())
+    """Add the agent API to the adapters' app (the process's ``agent_api`` settings)."""
+    _install_routes(app, ctx, ctx.settings.agent_api)
 
 
 def _install_routes(

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..router.http import Readiness, add_probe_routes
 from ..router.redis_client import connect
@@ -24,36 +22,25 @@ from ..router.settings import Settings
 from .clock import Clock
 from .worker import SlaWorker
 
-__all__ = ["SlaServiceSettings", "run_sla", "sla_service"]
+__all__ = ["run_sla", "sla_service"]
 
 log = logging.getLogger(__name__)
-
-
-class SlaServiceSettings(BaseSettings):
-    """Settings of the SLA process (environment, read once at the edge)."""
-
-    model_config = SettingsConfigDict(env_prefix="", frozen=True, extra="ignore")
-
-    web_port: int = Field(default=6067, ge=0, le=65535, alias="OMNI_SLA_WEB_PORT")
-    tick_s: float = Field(default=1.0, gt=0, le=60, alias="OMNI_SLA_TICK_S")
-    agent_live_ttl_s: float = Field(default=90.0, gt=0, alias="OMNI_AGENT_LIVE_TTL_S")
 
 
 @contextlib.asynccontextmanager
 async def sla_service(
     settings: Settings,
-    service: SlaServiceSettings | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[tuple[SlaWorker, int]]:
-    """Run the SLA worker and its web endpoints; yields (worker, bound web port)."""
-    service = service or SlaServiceSettings()
+    """Run the SLA worker and its web endpoints (``settings.sla``); yields (worker,
+    bound web port)."""
+    service = settings.sla
     registry = registry or CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
         redis = connect(settings.redis_url, socket_timeout=10)
         stack.push_async_callback(redis.aclose)
-        worker = SlaWorker(settings, registry, clock, redis=redis, tick_s=service.tick_s,
-                           agent_live_ttl_s=service.agent_live_ttl_s)
+        worker = SlaWorker(settings, registry, clock, redis=redis)
         await worker.start()
         stack.push_async_callback(worker.stop)
 

@@ -76,8 +76,8 @@ class SlaWorker(Lifecycle):
         *,
         config: SlaConfig | None = None,
         redis: Redis | None = None,
-        tick_s: float = 1.0,
-        agent_live_ttl_s: float = 90.0,
+        tick_s: float | None = None,
+        agent_live_ttl_s: float | None = None,
         surge_grace_s: float = 2.0,
         gauges_every_s: float = 15.0,
         tombstone_ttl_s: float = 86_400.0,
@@ -87,8 +87,11 @@ class SlaWorker(Lifecycle):
         self.clock: Clock = clock or SystemClock()
         self.config = config or load_sla_config(Path(settings.config_dir) / "sla.yaml")
         self.keys = Keys(settings.redis_prefix)
-        self.tick_s = tick_s
-        self.agent_live_ttl_s = agent_live_ttl_s
+        # default: OMNI_SLA_TICK_S and OMNI_AGENT_LIVE_TTL_S (the agent API's liveness)
+        self.tick_s = settings.sla.tick_s if tick_s is None else tick_s
+        self.agent_live_ttl_s = (
+            settings.agent_api.agent_live_ttl_s if agent_live_ttl_s is None else agent_live_ttl_s
+        )
         self.surge_grace_ms = int(surge_grace_s * 1000)
         self.gauges_every_ms = int(gauges_every_s * 1000)
         self.tombstone_ttl_ms = int(tombstone_ttl_s * 1000)

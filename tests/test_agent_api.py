@@ -20,8 +20,8 @@ from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import Band
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.queues import RedisQueueStore
-from omniroute.router.settings import Settings
-from omniroute.sla.agent_api import AgentApiSettings, installer
+from omniroute.router.settings import AgentApiSettings, Settings
+from omniroute.sla.agent_api import installer
 from tests.helpers import envelope
 from tests.test_sla_support import FakeClock, consume_json, decision, enqueue
 

@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from omniroute.adapters.email import EmailSettings
 from omniroute.adapters.email.imap import ImapPoller
 from omniroute.embedded import free_port
 from omniroute.router import topics
@@ -35,7 +34,7 @@ from omniroute.router.http import HttpContext
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import Envelope
 from omniroute.router.producer import EnvelopeProducer
-from omniroute.router.settings import Settings
+from omniroute.router.settings import EmailSettings, Settings
 
 pytestmark = [
     pytest.mark.integration,

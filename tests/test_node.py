@@ -14,20 +14,19 @@ from omniroute.embedded import free_port
 from omniroute.node import http_ingest
 from omniroute.router import topics
 from omniroute.router.models import Envelope
-from omniroute.router.settings import Settings
+from omniroute.router.settings import EmailSettings, Settings
 from tests.conftest import TEST_TOKEN
 from tests.helpers import consume
 
 pytestmark = pytest.mark.integration
 
 
-async def test_serve_composes_http_and_smtp(
-    topics_ready: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_serve_composes_http_and_smtp(topics_ready: Settings) -> None:
     smtp_port = free_port()
-    monkeypatch.setenv("OMNI_EMAIL_DOMAINS", "kefu.example.com")
-    monkeypatch.setenv("OMNI_SMTP_PORT", str(smtp_port))
-    settings = topics_ready.model_copy(update={"http_port": free_port()})
+    email = EmailSettings.model_validate(
+        {"OMNI_EMAIL_DOMAINS": "kefu.example.com", "OMNI_SMTP_PORT": smtp_port}
+    )
+    settings = topics_ready.model_copy(update={"http_port": free_port(), "email": email})
     async with http_ingest(settings, CollectorRegistry()), aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{settings.http_port}"
         async with http.post(

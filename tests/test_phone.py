@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
 from omniroute.adapters.http import build_http_app
-from omniroute.adapters.phone import PhoneSettings, load_phone_config, make_installer
+from omniroute.adapters.phone import load_phone_config, make_installer
 from omniroute.adapters.phone.parse import mask_number, normalise_number
 from omniroute.adapters.phone.verify import twilio_signature
 from omniroute.embedded import free_port
@@ -29,7 +29,7 @@ from omniroute.router.http import HttpContext
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import EntryKind, Envelope
 from omniroute.router.producer import EnvelopeProducer
-from omniroute.router.settings import Settings
+from omniroute.router.settings import PhoneSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -335,13 +335,14 @@ async def test_tccc_bad_input_and_auth(phone: Phone) -> None:
 # --- wiring and configuration ----------------------------------------------------------------
 
 
-async def test_default_install_reads_env_and_shipped_menu(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+async def test_default_install_uses_the_phone_settings_and_shipped_menu(
+    settings: Settings,
 ) -> None:
     from omniroute.adapters.phone import install
 
-    monkeypatch.setenv("OMNI_TWILIO_AUTH_TOKEN", TOKEN)
-    monkeypatch.delenv("OMNI_PHONE_PUBLIC_BASE_URL", raising=False)
+    settings = settings.model_copy(update={
+        "phone": PhoneSettings.model_validate({"OMNI_TWILIO_AUTH_TOKEN": TOKEN}),
+    })
     ctx = HttpContext(settings=settings, sink=EnvelopeProducer(settings),
                          metrics=AdapterMetrics(CollectorRegistry()))
     app = build_http_app(ctx, [install])

@@ -23,12 +23,17 @@ from omniroute.router.keys import Keys
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import Band, Channel, Decision
 from omniroute.router.producer import EnvelopeProducer
-from omniroute.router.settings import Settings, default_config_dir
-from omniroute.sla.agent_api import AgentApiSettings, installer
+from omniroute.router.settings import (
+    AgentApiSettings,
+    Settings,
+    SlaServiceSettings,
+    default_config_dir,
+)
+from omniroute.sla.agent_api import installer
 from omniroute.sla.agents import AgentDesk
 from omniroute.sla.config import SlaConfig, load_sla_config
 from omniroute.sla.escalation import BAND_SPAN
-from omniroute.sla.service import SlaServiceSettings, sla_service
+from omniroute.sla.service import sla_service
 from omniroute.sla.worker import SlaWorker
 from tests.test_sla_support import T0_MS, FakeClock, consume_json, decision, enqueue, poll
 
@@ -269,8 +274,9 @@ async def test_agent_reply_through_the_api_stops_the_timer(
 
 
 async def test_sla_service_serves_metrics_and_stops(topics_ready: Settings) -> None:
-    service = SlaServiceSettings.model_validate({"OMNI_SLA_WEB_PORT": 0, "OMNI_SLA_TICK_S": 0.1})
-    async with sla_service(topics_ready, service, clock=FakeClock()) as (worker, port):
+    settings = topics_ready.model_copy(update={"sla": SlaServiceSettings.model_validate(
+        {"OMNI_SLA_WEB_PORT": 0, "OMNI_SLA_TICK_S": 0.1})})
+    async with sla_service(settings, clock=FakeClock()) as (worker, port):
         async with aiohttp.ClientSession() as http:
             base = f"http://127.0.0.1:{port}"
             async with http.get(f"{base}/readyz") as resp:

@@ -419,20 +419,16 @@ def test_shipped_channels_yaml_is_valid() -> None:
     assert cfg.accounts
 
 
-async def test_install_from_shipped_config_and_env(
-    topics_ready: Settings, aredis: Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_install_from_shipped_config_and_env(topics_ready: Settings, aredis: Redis) -> None:
     """The real installers: config/channels.yaml names the env vars, which hold the secrets."""
     from omniroute.adapters.douyin import install as douyin_install
     from omniroute.adapters.wechat import install as wechat_install
     from omniroute.adapters.wecom import install as wecom_install
 
-    monkeypatch.setenv("OMNI_WECHAT_DEMO_TOKEN", SAMPLE_TOKEN)
-    monkeypatch.setenv("OMNI_WECHAT_DEMO_AES_KEY", SAMPLE_AES_KEY)
-    monkeypatch.delenv("OMNI_WECOM_SUPPORT_TOKEN", raising=False)
-    monkeypatch.delenv("OMNI_DOUYIN_SECRET_LIVE_COMMENT", raising=False)
+    # the process environment as read at start: only the WeChat account's secrets
+    environ = {"OMNI_WECHAT_DEMO_TOKEN": SAMPLE_TOKEN, "OMNI_WECHAT_DEMO_AES_KEY": SAMPLE_AES_KEY}
     config_dir = Path(__file__).resolve().parent.parent / "config"
-    shipped = topics_ready.model_copy(update={"config_dir": config_dir})
+    shipped = topics_ready.model_copy(update={"config_dir": config_dir, "environ": environ})
     clock = FixedClock(SAMPLE_TIMESTAMP)
     async with edge(shipped, aredis, [wechat_install, wecom_install, douyin_install], clock) as e:
         query = {"timestamp": str(SAMPLE_TIMESTAMP), "nonce": SAMPLE_NONCE,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -194,5 +193,5 @@ def make_installer(config: DouyinConfig, secrets: Mapping[str, SecretStr]) -> In
 def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``POST /douyin/live`` configured from ``channels.yaml``."""
     path = channels_path(ctx)
-    cfg, secrets = load_douyin_config(read_channels_yaml(path), os.environ, str(path))
+    cfg, secrets = load_douyin_config(read_channels_yaml(path), ctx.settings.environ, str(path))
     make_installer(cfg, secrets)(app, ctx)

@@ -8,7 +8,6 @@ without a secret is refused with 401 ``auth_not_configured``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -75,10 +74,10 @@ class DouyinConfig(BaseModel):
 
 
 def load_douyin_config(
-    data: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = CHANNELS_FILE
+    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
 ) -> tuple[DouyinConfig, dict[str, SecretStr]]:
     """Validate the ``douyin:`` section; return it and the secrets by message type."""
-    env = os.environ if environ is None else environ
+    env = environ  # Settings.environ: the variables as read at process start
     try:
         cfg = DouyinConfig.model_validate(data.get("douyin") or {})
     except ValidationError as exc:

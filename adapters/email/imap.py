@@ -23,9 +23,10 @@ from ...router.exceptions import BrokerUnavailable, ConfigError, OmniError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
 from ...router.retry import Backoff
+from ...router.settings import EmailSettings
 from ..dedupe import Deduper
 from ..pii import mask_envelope
-from .config import CHANNEL, EmailSettings
+from .config import CHANNEL
 from .parse import MalformedMail, parse_mail, to_envelope
 from .smtp import dedupe_id
 
@@ -261,7 +262,7 @@ class ImapPoller(Lifecycle):
                 m.filtered.labels(CHANNEL, "auto_submitted").inc()
                 return 0
             env = to_envelope(mail, account, self._ctx.now_ms(),
-                              salt=self._config.customer_id_salt.get_secret_value())
+                              salt=self._ctx.settings.customer_id_salt.get_secret_value())
         except MalformedMail as exc:
             log.warning("imap: unusable mail flagged seen without routing: %s", exc)
             m.rejected.labels(CHANNEL, account, exc.reason).inc()

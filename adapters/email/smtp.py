@@ -32,9 +32,10 @@ from ...router.exceptions import BrokerUnavailable, ConfigError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
 from ...router.models import Envelope as OmniEnvelope
+from ...router.settings import EmailSettings
 from ..dedupe import Deduper
 from ..pii import mask_envelope
-from .config import CHANNEL, EmailSettings
+from .config import CHANNEL
 from .parse import MalformedMail, parse_mail, to_envelope
 
 __all__ = ["InboundMailHandler", "SmtpServer"]
@@ -150,7 +151,7 @@ class InboundMailHandler:
                     mail,
                     mailbox,
                     received_at_ms,
-                    salt=cfg.customer_id_salt.get_secret_value(),
+                    salt=ctx.settings.customer_id_salt.get_secret_value(),
                     sender=sender,
                 )
             except MalformedMail as exc:

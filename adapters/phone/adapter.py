@@ -20,6 +20,7 @@ from aiohttp import web
 from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, read_limited
 from ...router.models import Envelope
+from ...router.settings import PhoneSettings
 from ..dedupe import Deduper
 from ..pii import mask_envelope
 from .config import (
@@ -28,7 +29,6 @@ from .config import (
     TCCC_PUSH_UUID_HEADER,
     TWILIO_PATH,
     PhoneConfig,
-    PhoneSettings,
     load_phone_config,
 )
 from .parse import (
@@ -90,7 +90,7 @@ class PhoneAdapter:
         self.deduper = (
             Deduper(ctx.redis, ctx.keys, settings.dedupe_ttl_s) if ctx.redis is not None else None
         )
-        self._salt = settings.customer_id_salt.get_secret_value()
+        self._salt = ctx.settings.customer_id_salt.get_secret_value()
 
     def public_url(self, request: web.Request) -> str:
         """The URL the caller used, as it signed it (public base URL behind a proxy)."""
@@ -216,10 +216,11 @@ class PhoneAdapter:
 def make_installer(
     settings: PhoneSettings | None = None, config: PhoneConfig | None = None
 ) -> Callable[[web.Application, HttpContext], None]:
-    """An installer with explicit settings (tests, embedding); None = read at install."""
+    """An installer with explicit settings (tests, embedding); None = the process's
+    ``phone`` settings and ``phone.yaml`` in the configuration directory."""
 
     def install_phone(app: web.Application, ctx: HttpContext) -> None:
-        phone_settings = settings if settings is not None else PhoneSettings()
+        phone_settings = settings if settings is not None else ctx.settings.phone
         phone_config = config
         if phone_config is None:
             path = phone_settings.config_file or Path(ctx.settings.config_dir) / "phone.yaml"
@@ -232,5 +233,5 @@ def make_installer(
 
 
 def install(app: web.Application, ctx: HttpContext) -> None:
-    """Add the phone routes; settings from the environment, menu from ``phone.yaml``."""
+    """Add the phone routes; the process's ``phone`` settings, menu from ``phone.yaml``."""
     make_installer()(app, ctx)

@@ -1,7 +1,8 @@
-"""Settings of the phone channel: environment (secrets, URLs) and ``config/phone.yaml``.
+"""Configuration of the phone channel: ``config/phone.yaml``.
 
-``PhoneSettings`` is read from the environment once, at the edge; ``PhoneConfig``
-is the validated YAML (IVR menu, prompts, call-back rules).
+``PhoneConfig`` is the validated YAML (IVR menu, prompts, call-back rules); the
+secrets and URLs from the environment are the ``phone`` section of
+:class:`router.settings.Settings`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...router import load_model
 
@@ -23,7 +23,6 @@ __all__ = [
     "CallbackRules",
     "MenuItem",
     "PhoneConfig",
-    "PhoneSettings",
     "load_phone_config",
 ]
 
@@ -32,38 +31,6 @@ TWILIO_PATH: Final = "/phone/twilio/{event}"  # event: voice | gather | status
 TCCC_PATH: Final = "/phone/tccc"
 TWILIO_SIGNATURE_HEADER: Final = "X-Twilio-Signature"  # base64 HMAC-SHA1, see verify.py
 TCCC_PUSH_UUID_HEADER: Final = "X-TCCC-PUSH-UUID"  # one id per push; TCCC re-pushes up to 3x
-
-
-class PhoneSettings(BaseSettings):
-    """Environment settings of the phone channel (docs/channels-email-phone.md)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="", frozen=True, extra="ignore", populate_by_name=True
-    )
-
-    twilio_auth_token: SecretStr | None = Field(default=None, alias="OMNI_TWILIO_AUTH_TOKEN")
-    # The URL Twilio calls, as Twilio sees it (scheme, host, path prefix), when a
-    # proxy or load balancer sits in front: signatures cover the full public URL.
-    public_base_url: str | None = Field(default=None, alias="OMNI_PHONE_PUBLIC_BASE_URL")
-    tccc_username: str | None = Field(default=None, alias="OMNI_TCCC_USERNAME")  # push basicAuth
-    tccc_password: SecretStr | None = Field(default=None, alias="OMNI_TCCC_PASSWORD")
-    customer_id_salt: SecretStr = Field(default=SecretStr(""), alias="OMNI_CUSTOMER_ID_SALT")
-    # Default: phone.yaml in the config directory (OMNI_CONFIG_DIR).
-    config_file: Path | None = Field(default=None, alias="OMNI_PHONE_CONFIG")
-    dedupe_ttl_s: int = Field(default=86_400, ge=60, alias="OMNI_PHONE_DEDUPE_TTL_S")
-    max_body_bytes: int = Field(default=65_536, ge=1024, alias="OMNI_PHONE_MAX_BODY_BYTES")
-
-    @field_validator("public_base_url")
-    @classmethod
-    def _base_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError(
-                f"OMNI_PHONE_PUBLIC_BASE_URL must start with https:// (got {value!r})"
-            )
-        return value
 
 
 _Strict = ConfigDict(extra="forbid", frozen=True)

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from ...router.exceptions import Unauthorized
-from .config import TWILIO_SIGNATURE_HEADER, PhoneSettings
+from ...router.settings import PhoneSettings
+from .config import TWILIO_SIGNATURE_HEADER
 
 __all__ = ["twilio_signature", "url_variants", "verify_tccc", "verify_twilio"]
 

@@ -14,7 +14,6 @@ WeChat re-delivers.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -236,5 +235,5 @@ def channels_path(ctx: HttpContext) -> Path:
 def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``GET/POST /wechat/{account}`` with the accounts of ``channels.yaml``."""
     path = channels_path(ctx)
-    cfg, accounts = load_wechat_config(read_channels_yaml(path), os.environ, str(path))
+    cfg, accounts = load_wechat_config(read_channels_yaml(path), ctx.settings.environ, str(path))
     make_installer(accounts, cfg)(app, ctx)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +147,10 @@ def validate_aes_key(key: str, where: str) -> None:
 
 
 def load_wechat_config(
-    data: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = CHANNELS_FILE
+    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
 ) -> tuple[WeChatConfig, dict[str, WeChatAccount]]:
     """Validate the ``wechat:`` section and resolve every account's secrets."""
-    env = os.environ if environ is None else environ
+    env = environ  # Settings.environ: the variables as read at process start
     try:
         cfg = WeChatConfig.model_validate(data.get("wechat") or {})
     except ValidationError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -35,5 +34,5 @@ def make_installer(
 def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``GET/POST /wecom/{account}`` with the apps of ``channels.yaml``."""
     path = channels_path(ctx)
-    cfg, accounts = load_wecom_config(read_channels_yaml(path), os.environ, str(path))
+    cfg, accounts = load_wecom_config(read_channels_yaml(path), ctx.settings.environ, str(path))
     make_installer(accounts, cfg)(app, ctx)

@@ -9,7 +9,6 @@ decryption is the corp id.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -57,10 +56,10 @@ class WeComConfig(BaseModel):
 
 
 def load_wecom_config(
-    data: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = CHANNELS_FILE
+    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
 ) -> tuple[WeComConfig, dict[str, WeChatAccount]]:
     """Validate the ``wecom:`` section and resolve every account's secrets."""
-    env = os.environ if environ is None else environ
+    env = environ  # Settings.environ: the variables as read at process start
     try:
         cfg = WeComConfig.model_validate(data.get("wecom") or {})
     except ValidationError as exc:
