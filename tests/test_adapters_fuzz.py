@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 
 from omniroute.adapters.douyin import DouyinConfig
 from omniroute.adapters.douyin import make_installer as douyin_installer
-from omniroute.adapters.wechat import MessageCipher, sha1_signature
-from omniroute.adapters.wechat import make_installer as wechat_installer
-from omniroute.adapters.wecom import make_installer as wecom_installer
+from omniroute.adapters.wechat import MessageCipher, WeChatConfig, sha1_signature
+from omniroute.adapters.wechat import make_installer as callback_installer
+from omniroute.adapters.wecom import WeComConfig
 from omniroute.router.settings import Settings
 from tests.test_douyin import SECRETS, douyin_sign, secrets
 from tests.test_wechat import AES_KEY, APP_ID, TOKEN, Edge, accounts, edge, text_xml
@@ -101,8 +101,8 @@ def _clean(q: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 async def app(topics_ready: Settings, aredis: Redis) -> AsyncIterator[Edge]:
     installers = [
-        wechat_installer(accounts()),
-        wecom_installer(wecom_accounts()),
+        callback_installer(WeChatConfig(), accounts()),
+        callback_installer(WeComConfig(), wecom_accounts()),
         douyin_installer(DouyinConfig.model_validate({"max_body_bytes": 16_384}), secrets()),
     ]
     async with edge(topics_ready, aredis, installers) as e:

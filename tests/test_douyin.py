@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from omniroute.adapters.douyin import ChatterConfig, ChatterRules, DouyinConfig, load_douyin_config
+from omniroute.adapters.channel_config import load_section
+from omniroute.adapters.douyin import ChatterConfig, ChatterRules, DouyinConfig
 from omniroute.adapters.douyin import make_installer as douyin_installer
 from omniroute.router import topics
 from omniroute.router.models import Channel, EntryKind, Envelope
@@ -293,6 +294,7 @@ def test_repeat_memory_is_bounded() -> None:
 def test_config_secrets_from_env() -> None:
     data = {"douyin": {"message_types": {"live_comment": {"secret_env": "S1"},
                                          "live_gift": {"secret_env": "S2"}}}}
-    cfg, found = load_douyin_config(data, {"S1": "x"})
+    cfg = load_section(DouyinConfig, data)
+    found = cfg.resolve({"S1": "x"})
     assert list(found) == ["live_comment"]
     assert cfg.max_in_flight == 32

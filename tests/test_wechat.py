@@ -23,14 +23,14 @@ from redis.asyncio import Redis
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.utils import WeChatSigner
 
+from omniroute.adapters.channel_config import load_section, read_channels_yaml
 from omniroute.adapters.http import build_http_app
 from omniroute.adapters.wechat import (
     MessageCipher,
     WeChatAccount,
-    load_wechat_config,
     make_installer,
 )
-from omniroute.adapters.wechat.config import WeChatConfig, read_channels_yaml
+from omniroute.adapters.wechat.config import WeChatConfig
 from omniroute.router import topics
 from omniroute.router.exceptions import ConfigError
 from omniroute.router.http import HttpContext, Installer
@@ -166,7 +166,7 @@ def accounts() -> dict[str, WeChatAccount]:
 
 @pytest.fixture
 async def wechat(topics_ready: Settings, aredis: Redis) -> AsyncIterator[Edge]:
-    async with edge(topics_ready, aredis, [make_installer(accounts())]) as e:
+    async with edge(topics_ready, aredis, [make_installer(WeChatConfig(), accounts())]) as e:
         yield e
 
 
@@ -235,7 +235,7 @@ async def test_safe_mode_encrypted_by_wechatpy(wechat: Edge, topics_ready: Setti
 
 async def test_published_vector_verifies(topics_ready: Settings, aredis: Redis) -> None:
     clock = FixedClock(SAMPLE_TIMESTAMP + 10)
-    async with edge(topics_ready, aredis, [make_installer(accounts())], clock) as e:
+    async with edge(topics_ready, aredis, [make_installer(WeChatConfig(), accounts())], clock) as e:
         query = {"timestamp": str(SAMPLE_TIMESTAMP), "nonce": SAMPLE_NONCE,
                  "encrypt_type": "aes", "msg_signature": SAMPLE_MSG_SIGNATURE}
         resp = await e.client.post("/wechat/sample", params=query, data=SAMPLE_BODY.encode())
@@ -363,7 +363,7 @@ async def test_broker_down_answers_503(settings: Settings, aredis: Redis) -> Non
         update={"kafka_bootstrap": "127.0.0.1:1", "produce_timeout_s": 0.5}
     )
     cfg = WeChatConfig.model_validate({"produce_timeout_s": 1.0})
-    async with edge(dead, aredis, [make_installer(accounts(), cfg)]) as e:
+    async with edge(dead, aredis, [make_installer(cfg, accounts())]) as e:
         now = int(e.clock.now())
         started = time.monotonic()
         resp = await e.client.post("/wechat/shop", params=signed_query(TOKEN, now),
@@ -397,25 +397,24 @@ def test_config_from_yaml_and_env(tmp_path: Path) -> None:
         "    missing:\n      app_id: wx2\n      token_env: NOT_SET\n",
         encoding="utf-8",
     )
-    cfg, accs = load_wechat_config(
-        read_channels_yaml(path), {"SHOP_TOKEN": "t", "SHOP_KEY": AES_KEY}, str(path)
-    )
+    cfg = load_section(WeChatConfig, read_channels_yaml(path), str(path))
+    accs = cfg.resolve({"SHOP_TOKEN": "t", "SHOP_KEY": AES_KEY}, str(path))
     assert cfg.timestamp_window_s == 120
     assert list(accs) == ["shop"]  # "missing" has no token: disabled, not fatal
     assert accs["shop"].token.get_secret_value() == "t"
     with pytest.raises(ConfigError, match="43 characters"):
-        load_wechat_config(read_channels_yaml(path), {"SHOP_TOKEN": "t", "SHOP_KEY": "short"})
+        cfg.resolve({"SHOP_TOKEN": "t", "SHOP_KEY": "short"})
     bad = tmp_path / "bad.yaml"
     bad.write_text("wechat:\n  accounts:\n    x:\n      app_id: 1\n      tokn: y\n")
     with pytest.raises(ConfigError, match=r"wechat\.accounts\.x"):
-        load_wechat_config(read_channels_yaml(bad), {}, str(bad))
+        load_section(WeChatConfig, read_channels_yaml(bad), str(bad))
     assert read_channels_yaml(tmp_path / "absent.yaml") == {}
 
 
 def test_shipped_channels_yaml_is_valid() -> None:
     path = Path(__file__).resolve().parent.parent / "config" / "channels.yaml"
     data = read_channels_yaml(path)
-    cfg, _ = load_wechat_config(data, {}, str(path))
+    cfg = load_section(WeChatConfig, data, str(path))
     assert cfg.accounts
 
 

@@ -11,9 +11,12 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 
-from omniroute.adapters.wechat import WeChatAccount, sha1_signature
-from omniroute.adapters.wecom import load_wecom_config, make_installer
+from omniroute.adapters.channel_config import load_section
+from omniroute.adapters.wechat import WeChatAccount, make_installer, sha1_signature
+from omniroute.adapters.wecom import WeComConfig
 from omniroute.router import topics
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.http import Installer
 from omniroute.router.models import Channel
 from omniroute.router.settings import Settings
 from tests.test_wechat import (
@@ -84,15 +87,19 @@ def wecom_accounts() -> dict[str, WeChatAccount]:
     }
 
 
+def wecom_installer() -> Installer:
+    return make_installer(WeComConfig(), wecom_accounts())
+
+
 @pytest.fixture
 async def wecom(topics_ready: Settings, aredis: Redis) -> AsyncIterator[Edge]:
-    async with edge(topics_ready, aredis, [make_installer(wecom_accounts())]) as e:
+    async with edge(topics_ready, aredis, [wecom_installer()]) as e:
         yield e
 
 
 async def test_published_get_vectors(topics_ready: Settings, aredis: Redis) -> None:
     clock = FixedClock(int(SAMPLE_GET["timestamp"]))
-    async with edge(topics_ready, aredis, [make_installer(wecom_accounts())], clock) as e:
+    async with edge(topics_ready, aredis, [wecom_installer()], clock) as e:
         resp = await e.client.get("/wecom/sample", params=SAMPLE_GET)
         assert (resp.status, await resp.text()) == (200, SAMPLE_GET_PLAIN)
         clock.now_s = int(WP_GET["timestamp"])
@@ -104,7 +111,7 @@ async def test_published_get_vectors(topics_ready: Settings, aredis: Redis) -> N
 
 async def test_published_post_vectors(topics_ready: Settings, aredis: Redis) -> None:
     clock = FixedClock(SAMPLE_TIMESTAMP)
-    async with edge(topics_ready, aredis, [make_installer(wecom_accounts())], clock) as e:
+    async with edge(topics_ready, aredis, [wecom_installer()], clock) as e:
         query = {"msg_signature": SAMPLE_MSG_SIGNATURE, "timestamp": str(SAMPLE_TIMESTAMP),
                  "nonce": SAMPLE_NONCE}
         resp = await e.client.post("/wecom/sample", params=query, data=SAMPLE_BODY.encode())
@@ -186,7 +193,17 @@ def test_config_requires_both_secrets() -> None:
         "a": {"corp_id": "ww1", "token_env": "T", "encoding_aes_key_env": "K"},
         "b": {"corp_id": "ww2", "token_env": "T"},
     }}}
-    _, accs = load_wecom_config(data, {"T": "tok", "K": KEY})
+    accs = load_section(WeComConfig, data).resolve({"T": "tok", "K": KEY})
     assert list(accs) == ["a"]
     assert accs["a"].app_id == "ww1"
     assert accs["a"].mode == "safe"
+
+
+def test_section_errors_name_file_and_key_and_never_show_a_secret() -> None:
+    data = {"wecom": {"accounts": {"a": {"corp_id": "", "token": 31415926}}}}
+    with pytest.raises(ConfigError) as info:
+        load_section(WeComConfig, data, "config/channels.yaml")
+    text = str(info.value)
+    assert "config/channels.yaml: wecom.accounts.a.corp_id: String should have at least 1" in text
+    assert "wecom.accounts.a.token: Input should be a valid string (got <secret>)" in text
+    assert "31415926" not in text

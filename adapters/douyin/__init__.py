@@ -2,7 +2,7 @@
 
 from .adapter import LivePushHandler, install, make_installer
 from .chatter import ChatterRules
-from .config import ChatterConfig, DouyinConfig, load_douyin_config
+from .config import ChatterConfig, DouyinConfig
 from .verify import sign, verify_push
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "DouyinConfig",
     "LivePushHandler",
     "install",
-    "load_douyin_config",
     "make_installer",
     "sign",
     "verify_push",

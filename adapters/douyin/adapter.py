@@ -29,12 +29,11 @@ from ...router.events import ChatterRecord, ChatterRule, SignalRecord
 from ...router.exceptions import BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, Installer, read_limited
 from ...router.models import Channel, Envelope, message_id
+from ..channel_config import channel_installer
 from ..dedupe import Deduper
 from ..pii import mask_envelope
-from ..wechat.adapter import channels_path
-from ..wechat.config import read_channels_yaml
 from .chatter import ChatterRules
-from .config import PATH, DouyinConfig, load_douyin_config
+from .config import PATH, DouyinConfig
 from .parse import LiveItem, comment_envelope, parse_items, signal_record
 from .verify import verify_push
 
@@ -190,8 +189,5 @@ def make_installer(config: DouyinConfig, secrets: Mapping[str, SecretStr]) -> In
     return install_push
 
 
-def install(app: web.Application, ctx: HttpContext) -> None:
-    """Add ``POST /douyin/live`` configured from ``channels.yaml``."""
-    path = channels_path(ctx)
-    cfg, secrets = load_douyin_config(read_channels_yaml(path), ctx.settings.environ, str(path))
-    make_installer(cfg, secrets)(app, ctx)
+#: ``POST /douyin/live`` configured from ``channels.yaml``.
+install = channel_installer(DouyinConfig, make_installer)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ...router.exceptions import ConfigError
-from ..dedupe import DEFAULT_DEDUPE_TTL_S
-from ..wechat.config import CHANNELS_FILE, describe_validation_error, resolve_secret
+from ..channel_config import CHANNELS_FILE, ChannelSection, resolve_secret
 
 __all__ = [
     "MSG_TYPES",
@@ -24,7 +22,6 @@ __all__ = [
     "DouyinConfig",
     "MessageTypeConfig",
     "MsgType",
-    "load_douyin_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,37 +54,30 @@ class ChatterConfig(BaseModel):
                                       "价格", "优惠", "客服", "质量", "假货", "12315", "报警")
 
 
-class DouyinConfig(BaseModel):
+class DouyinConfig(ChannelSection):
     """The ``douyin:`` section of ``channels.yaml``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "douyin"
 
-    timestamp_window_s: float = Field(300.0, gt=0)
-    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # a push carries up to 2000 items
     max_items: int = Field(2000, ge=1, le=100_000)  # items in one push; more -> 413
     max_in_flight: int = Field(32, ge=1, le=10_000)  # concurrent pushes; more -> 429
     retry_after_s: int = Field(1, ge=1, le=3600)
     produce_timeout_s: float = Field(5.0, gt=0, le=60)
-    dedupe_ttl_s: int = Field(DEFAULT_DEDUPE_TTL_S, ge=1)
     message_types: dict[MsgType, MessageTypeConfig] = Field(default_factory=dict)
     chatter: ChatterConfig = Field(default_factory=lambda: ChatterConfig.model_validate({}))
 
-
-def load_douyin_config(
-    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
-) -> tuple[DouyinConfig, dict[str, SecretStr]]:
-    """Validate the ``douyin:`` section; return it and the secrets by message type."""
-    env = environ  # Settings.environ: the variables as read at process start
-    try:
-        cfg = DouyinConfig.model_validate(data.get("douyin") or {})
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, f"{source}: douyin")) from None
-    secrets: dict[str, SecretStr] = {}
-    for msg_type, tcfg in cfg.message_types.items():
-        secret = resolve_secret(tcfg.secret, tcfg.secret_env, env)
-        if secret is None:
-            log.warning("%s: douyin.message_types.%s: no secret (set %s); pushes refused",
-                        source, msg_type, tcfg.secret_env or "secret")
-            continue
-        secrets[msg_type] = secret
-    return cfg, secrets
+    def resolve(
+        self, environ: Mapping[str, str], source: str = CHANNELS_FILE
+    ) -> dict[str, SecretStr]:
+        """The push secret of each message type that has one (the others are refused)."""
+        secrets: dict[str, SecretStr] = {}
+        for msg_type, tcfg in self.message_types.items():
+            secret = resolve_secret(tcfg.secret, tcfg.secret_env, environ)
+            if secret is None:
+                log.warning("%s: no secret (set %s); pushes refused",
+                            self.where(source, "message_types", msg_type),
+                            tcfg.secret_env or "secret")
+                continue
+            secrets[msg_type] = secret
+        return secrets

@@ -1,19 +1,19 @@
 """WeChat Official Account callback: ``GET/POST /wechat/{account}`` (plain and safe mode)."""
 
 from .adapter import CallbackHandler, install, make_installer
-from .config import WeChatAccount, WeChatConfig, load_wechat_config
+from .config import CallbackSection, WeChatAccount, WeChatConfig
 from .crypto import MessageCipher
 from .parse import parse_xml, to_envelope
 from .verify import check_timestamp, sha1_signature, verify_signature
 
 __all__ = [
     "CallbackHandler",
+    "CallbackSection",
     "MessageCipher",
     "WeChatAccount",
     "WeChatConfig",
     "check_timestamp",
     "install",
-    "load_wechat_config",
     "make_installer",
     "parse_xml",
     "sha1_signature",

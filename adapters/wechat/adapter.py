@@ -17,24 +17,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
 from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected, Unauthorized
 from ...router.http import HttpContext, Installer, read_limited
 from ...router.models import Channel
+from ..channel_config import channel_installer
 from ..dedupe import Deduper, produce_once
 from ..pii import mask_envelope
-from .config import (
-    CHANNELS_FILE,
-    PATH,
-    WeChatAccount,
-    WeChatConfig,
-    account_label,
-    load_wechat_config,
-    read_channels_yaml,
-)
+from .config import CallbackSection, WeChatAccount, WeChatConfig, account_label
 from .crypto import MessageCipher
 from .parse import parse_xml, to_envelope
 from .verify import check_timestamp, verify_signature
@@ -47,45 +39,35 @@ MAX_QUERY_VALUE_CHARS = 512  # nonce, signatures and echostr are far shorter
 SUCCESS = "success"
 
 
-@dataclass(frozen=True, slots=True)
-class CallbackLimits:
-    """Per-channel limits (the ``wechat:`` / ``wecom:`` section)."""
-
-    timestamp_window_s: float
-    max_body_bytes: int
-    produce_timeout_s: float
-    dedupe_ttl_s: int
-
-
 @dataclass(slots=True)
 class CallbackHandler:
     """GET and POST handlers of one WeChat-family channel.
 
     Args:
         ctx: The adapters' shared context.
-        channel: ``wechat`` or ``wecom``.
+        section: The channel's section: which channel, window, body limit, produce
+            timeout, dedupe TTL, whether every callback is encrypted (WeCom).
         accounts: Configured accounts by path name.
-        limits: Window, body limit, produce timeout, dedupe TTL.
-        always_encrypted: WeCom: ``msg_signature`` on GET and POST, ``echostr``
-            encrypted.
     """
 
     ctx: HttpContext
-    channel: Channel
+    section: CallbackSection
     accounts: Mapping[str, WeChatAccount]
-    limits: CallbackLimits
-    always_encrypted: bool = False
+    channel: Channel = field(init=False)
+    always_encrypted: bool = field(init=False)
     _ciphers: dict[str, MessageCipher] = field(default_factory=dict, init=False)
     _deduper: Deduper | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.channel = self.section.CHANNEL
+        self.always_encrypted = self.section.ALWAYS_ENCRYPTED
         for name, acc in self.accounts.items():
             if acc.encoding_aes_key is not None:
                 self._ciphers[name] = MessageCipher(
                     acc.encoding_aes_key.get_secret_value(), acc.app_id
                 )
         if self.ctx.redis is not None:
-            self._deduper = Deduper(self.ctx.redis, self.ctx.keys, self.limits.dedupe_ttl_s)
+            self._deduper = Deduper(self.ctx.redis, self.ctx.keys, self.section.dedupe_ttl_s)
 
     # --- helpers ---------------------------------------------------------------
 
@@ -120,7 +102,7 @@ class CallbackHandler:
             token = acc.token.get_secret_value()
             ts = check_timestamp(
                 self._query(request, "timestamp"), self.ctx.clock.now(),
-                self.limits.timestamp_window_s,
+                self.section.timestamp_window_s,
             )
             nonce = self._query(request, "nonce") or ""
             echostr = self._query(request, "echostr") or ""
@@ -173,11 +155,11 @@ class CallbackHandler:
             acc = self._account(request)
             ts = check_timestamp(
                 self._query(request, "timestamp"), self.ctx.clock.now(),
-                self.limits.timestamp_window_s,
+                self.section.timestamp_window_s,
             )
             nonce = self._query(request, "nonce") or ""
             body = await read_limited(
-                request, min(self.limits.max_body_bytes, self.ctx.settings.max_body_bytes)
+                request, min(self.section.max_body_bytes, self.ctx.settings.max_body_bytes)
             )
             inner = self._decrypt_body(request, acc, body, ts, nonce)
             inbound = to_envelope(parse_xml(inner), self.channel, acc.name, self.ctx.now_ms())
@@ -191,7 +173,7 @@ class CallbackHandler:
             m.pii_masked.labels(ch, kind).inc(n)
         try:
             result = await produce_once(
-                self.ctx.sink, self._deduper, [envelope], timeout_s=self.limits.produce_timeout_s
+                self.ctx.sink, self._deduper, [envelope], timeout_s=self.section.produce_timeout_s
             )
         except BrokerUnavailable as exc:
             m.rejected.labels(ch, label, "broker_unavailable").inc()
@@ -211,29 +193,16 @@ class _NotFound(RequestRejected, LookupError):
     reason = "unknown_account"
 
 
-def make_installer(
-    accounts: Mapping[str, WeChatAccount], config: WeChatConfig | None = None
-) -> Installer:
-    """An installer for the given accounts (tests and embedding applications)."""
-    cfg = config or WeChatConfig.model_validate({})
+def make_installer(config: CallbackSection, accounts: Mapping[str, WeChatAccount]) -> Installer:
+    """``GET/POST`` at ``config.PATH`` for the given accounts (WeChat or WeCom, by ``config``)."""
 
     def install_accounts(app: web.Application, ctx: HttpContext) -> None:
-        limits = CallbackLimits(cfg.timestamp_window_s, cfg.max_body_bytes,
-                                cfg.produce_timeout_s, cfg.dedupe_ttl_s)
-        handler = CallbackHandler(ctx, Channel.WECHAT, accounts, limits)
-        app.router.add_get(PATH, handler.get)
-        app.router.add_post(PATH, handler.post)
+        handler = CallbackHandler(ctx, config, accounts)
+        app.router.add_get(config.PATH, handler.get)
+        app.router.add_post(config.PATH, handler.post)
 
     return install_accounts
 
 
-def channels_path(ctx: HttpContext) -> Path:
-    """``channels.yaml`` in the configuration directory."""
-    return Path(ctx.settings.config_dir) / CHANNELS_FILE
-
-
-def install(app: web.Application, ctx: HttpContext) -> None:
-    """Add ``GET/POST /wechat/{account}`` with the accounts of ``channels.yaml``."""
-    path = channels_path(ctx)
-    cfg, accounts = load_wechat_config(read_channels_yaml(path), ctx.settings.environ, str(path))
-    make_installer(accounts, cfg)(app, ctx)
+#: ``GET/POST /wechat/{account}`` with the accounts of ``channels.yaml``.
+install = channel_installer(WeChatConfig, make_installer)

@@ -1,11 +1,10 @@
-"""WeChat Official Account settings: accounts from ``config/channels.yaml``, secrets from env.
+"""WeChat Official Account settings: the ``wechat:`` section of ``config/channels.yaml``.
 
-``channels.yaml`` never holds a production secret. Each account names the
-environment variables that hold its ``token`` and ``EncodingAESKey``
-(``token_env``, ``encoding_aes_key_env``); a literal ``token`` /
-``encoding_aes_key`` is accepted for demos only. An account whose secrets are
-missing is skipped with a warning (requests to it get 404), so one unset
-variable does not take the other channels down.
+Each account names the environment variables that hold its ``token`` and
+``EncodingAESKey`` (``token_env``, ``encoding_aes_key_env``); a literal
+``token`` / ``encoding_aes_key`` is for demos only (see ``adapters.channel_config``).
+WeCom (``adapters.wecom``) shares the callback machinery: both sections derive
+from :class:`CallbackSection`.
 """
 
 from __future__ import annotations
@@ -15,37 +14,28 @@ import binascii
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import ClassVar, Final, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ...router import format_validation_error
 from ...router.exceptions import ConfigError
-from ..dedupe import DEFAULT_DEDUPE_TTL_S
-from ..pii import load_pii_policy
+from ...router.models import Channel
+from ..channel_config import CHANNELS_FILE, ChannelSection, resolve_secret
 
 __all__ = [
-    "CHANNELS_FILE",
     "PATH",
+    "CallbackSection",
     "WeChatAccount",
     "WeChatAccountConfig",
     "WeChatConfig",
     "account_label",
-    "describe_validation_error",
-    "load_wechat_config",
-    "read_channels_yaml",
-    "resolve_secret",
     "validate_aes_key",
 ]
 
 log = logging.getLogger(__name__)
 
 PATH: Final = "/wechat/{account}"
-CHANNELS_FILE: Final = "channels.yaml"  # under Settings.config_dir
 UNKNOWN_ACCOUNT_LABEL: Final = "-"  # metric label for unverified / unknown accounts
-SECRET_KEYS: Final = ("token", "key", "secret")  # values under these keys are never shown
 
 Mode = Literal["plain", "compatible", "safe"]
 
@@ -62,18 +52,6 @@ class WeChatAccountConfig(BaseModel):
     encoding_aes_key: SecretStr | None = None  # demo only: prefer encoding_aes_key_env
     #: plain: no encryption; compatible: both accepted; safe: encrypted only.
     mode: Mode = "safe"
-
-
-class WeChatConfig(BaseModel):
-    """The ``wechat:`` section of ``channels.yaml``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timestamp_window_s: float = Field(300.0, gt=0)  # replay window for `timestamp`
-    max_body_bytes: int = Field(65_536, ge=1024)  # WeChat callbacks are a few KiB
-    produce_timeout_s: float = Field(4.0, gt=0, le=30)  # WeChat gives up after 5 s
-    dedupe_ttl_s: int = Field(DEFAULT_DEDUPE_TTL_S, ge=1)
-    accounts: dict[str, WeChatAccountConfig] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,41 +74,6 @@ def account_label(name: str, known: Mapping[str, object]) -> str:
     return name if name in known else UNKNOWN_ACCOUNT_LABEL
 
 
-def read_channels_yaml(path: Path) -> dict[str, Any]:
-    """The parsed ``channels.yaml`` (its ``pii:`` policy checked); ``{}`` when absent."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        log.info("channels: %s not found; no WeChat/WeCom/Douyin accounts configured", path)
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of channel sections")
-    load_pii_policy(data, str(path))
-    return data
-
-
-def describe_validation_error(exc: ValidationError, where: str) -> str:
-    """One part per problem: key path, message, bad value (secrets never shown)."""
-    return format_validation_error(exc, prefix=f"{where}.", hide=SECRET_KEYS, sep="; ", limit=5)
-
-
-def resolve_secret(
-    literal: SecretStr | None, env_name: str | None, environ: Mapping[str, str]
-) -> SecretStr | None:
-    """The secret from the named environment variable, else the (demo) literal."""
-    if env_name:
-        value = environ.get(env_name)
-        if value:
-            return SecretStr(value)
-    return literal
-
-
 def validate_aes_key(key: str, where: str) -> None:
     """Raise ConfigError unless ``key`` is a 43-character EncodingAESKey."""
     if len(key) != 43:
@@ -146,30 +89,51 @@ def validate_aes_key(key: str, where: str) -> None:
         raise ConfigError(f"{where}: EncodingAESKey must decode to 32 bytes")
 
 
-def load_wechat_config(
-    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
-) -> tuple[WeChatConfig, dict[str, WeChatAccount]]:
-    """Validate the ``wechat:`` section and resolve every account's secrets."""
-    env = environ  # Settings.environ: the variables as read at process start
-    try:
-        cfg = WeChatConfig.model_validate(data.get("wechat") or {})
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, f"{source}: wechat")) from None
-    accounts: dict[str, WeChatAccount] = {}
-    for name, acc in cfg.accounts.items():
-        where = f"{source}: wechat.accounts.{name}"
-        token = resolve_secret(acc.token, acc.token_env, env)
-        aes = resolve_secret(acc.encoding_aes_key, acc.encoding_aes_key_env, env)
-        if token is None:
-            log.warning("%s: no token (set %s); account disabled", where, acc.token_env or "token")
-            continue
-        if aes is None and acc.mode != "plain":
-            log.warning(
-                "%s: mode %s needs an EncodingAESKey (set %s); account disabled",
-                where, acc.mode, acc.encoding_aes_key_env or "encoding_aes_key",
-            )
-            continue
-        if aes is not None:
-            validate_aes_key(aes.get_secret_value(), where)
-        accounts[name] = WeChatAccount(name, acc.app_id, token, aes, acc.mode)
-    return cfg, accounts
+class CallbackSection(ChannelSection):
+    """A WeChat-family section (``wechat``, ``wecom``): accounts served by one
+    :class:`~adapters.wechat.adapter.CallbackHandler` at ``PATH``."""
+
+    CHANNEL: ClassVar[Channel]
+    PATH: ClassVar[str]
+    #: WeCom: ``msg_signature`` on GET and POST, ``echostr`` encrypted.
+    ALWAYS_ENCRYPTED: ClassVar[bool] = False
+
+    def resolve(
+        self, environ: Mapping[str, str], source: str = CHANNELS_FILE
+    ) -> dict[str, WeChatAccount]:
+        """The usable accounts by path name, secrets from ``environ``."""
+        raise NotImplementedError
+
+
+class WeChatConfig(CallbackSection):
+    """The ``wechat:`` section of ``channels.yaml``."""
+
+    SECTION: ClassVar[str] = "wechat"
+    CHANNEL: ClassVar[Channel] = Channel.WECHAT
+    PATH: ClassVar[str] = PATH
+
+    accounts: dict[str, WeChatAccountConfig] = Field(default_factory=dict)
+
+    def resolve(
+        self, environ: Mapping[str, str], source: str = CHANNELS_FILE
+    ) -> dict[str, WeChatAccount]:
+        """Accounts with a token (and an EncodingAESKey unless ``mode: plain``)."""
+        accounts: dict[str, WeChatAccount] = {}
+        for name, acc in self.accounts.items():
+            where = self.where(source, "accounts", name)
+            token = resolve_secret(acc.token, acc.token_env, environ)
+            aes = resolve_secret(acc.encoding_aes_key, acc.encoding_aes_key_env, environ)
+            if token is None:
+                log.warning("%s: no token (set %s); account disabled", where,
+                            acc.token_env or "token")
+                continue
+            if aes is None and acc.mode != "plain":
+                log.warning(
+                    "%s: mode %s needs an EncodingAESKey (set %s); account disabled",
+                    where, acc.mode, acc.encoding_aes_key_env or "encoding_aes_key",
+                )
+                continue
+            if aes is not None:
+                validate_aes_key(aes.get_secret_value(), where)
+            accounts[name] = WeChatAccount(name, acc.app_id, token, aes, acc.mode)
+        return accounts

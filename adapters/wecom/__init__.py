@@ -1,6 +1,10 @@
-"""WeCom (企业微信) app callback: ``GET/POST /wecom/{account}`` (always encrypted)."""
+"""WeCom (企业微信) app callback: ``GET/POST /wecom/{account}`` (always encrypted).
 
-from .adapter import install, make_installer
-from .config import WeComConfig, load_wecom_config
+Verification, decryption and parsing are WeChat's (``adapters.wechat``); only the
+section model differs.
+"""
 
-__all__ = ["WeComConfig", "install", "load_wecom_config", "make_installer"]
+from .adapter import install
+from .config import WeComAccountConfig, WeComConfig
+
+__all__ = ["WeComAccountConfig", "WeComConfig", "install"]

@@ -1,30 +1,24 @@
-"""WeCom (企业微信) app callbacks: accounts from ``config/channels.yaml``, secrets from env.
+"""WeCom (企业微信) app callbacks: the ``wecom:`` section of ``config/channels.yaml``.
 
 Same rules as ``adapters.wechat.config``: ``token_env`` / ``encoding_aes_key_env``
-name environment variables; an account without both is disabled with a
-warning. WeCom callbacks are always encrypted; the receive id checked after
-decryption is the corp id.
+name environment variables; an app without both is disabled with a warning.
+WeCom callbacks are always encrypted; the receive id checked after decryption is
+the corp id.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ...router.exceptions import ConfigError
-from ..dedupe import DEFAULT_DEDUPE_TTL_S
-from ..wechat.config import (
-    CHANNELS_FILE,
-    WeChatAccount,
-    describe_validation_error,
-    resolve_secret,
-    validate_aes_key,
-)
+from ...router.models import Channel
+from ..channel_config import CHANNELS_FILE, resolve_secret
+from ..wechat.config import CallbackSection, WeChatAccount, validate_aes_key
 
-__all__ = ["PATH", "WeComAccountConfig", "WeComConfig", "load_wecom_config"]
+__all__ = ["PATH", "WeComAccountConfig", "WeComConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +37,30 @@ class WeComAccountConfig(BaseModel):
     encoding_aes_key: SecretStr | None = None  # demo only: prefer encoding_aes_key_env
 
 
-class WeComConfig(BaseModel):
+class WeComConfig(CallbackSection):
     """The ``wecom:`` section of ``channels.yaml``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "wecom"
+    CHANNEL: ClassVar[Channel] = Channel.WECOM
+    PATH: ClassVar[str] = PATH
+    ALWAYS_ENCRYPTED: ClassVar[bool] = True
 
-    timestamp_window_s: float = Field(300.0, gt=0)
-    max_body_bytes: int = Field(65_536, ge=1024)
-    produce_timeout_s: float = Field(4.0, gt=0, le=30)
-    dedupe_ttl_s: int = Field(DEFAULT_DEDUPE_TTL_S, ge=1)
     accounts: dict[str, WeComAccountConfig] = Field(default_factory=dict)
 
-
-def load_wecom_config(
-    data: Mapping[str, Any], environ: Mapping[str, str], source: str = CHANNELS_FILE
-) -> tuple[WeComConfig, dict[str, WeChatAccount]]:
-    """Validate the ``wecom:`` section and resolve every account's secrets."""
-    env = environ  # Settings.environ: the variables as read at process start
-    try:
-        cfg = WeComConfig.model_validate(data.get("wecom") or {})
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, f"{source}: wecom")) from None
-    accounts: dict[str, WeChatAccount] = {}
-    for name, acc in cfg.accounts.items():
-        where = f"{source}: wecom.accounts.{name}"
-        token = resolve_secret(acc.token, acc.token_env, env)
-        aes = resolve_secret(acc.encoding_aes_key, acc.encoding_aes_key_env, env)
-        if token is None or aes is None:
-            log.warning("%s: token or EncodingAESKey missing (set %s and %s); account disabled",
-                        where, acc.token_env or "token",
-                        acc.encoding_aes_key_env or "encoding_aes_key")
-            continue
-        validate_aes_key(aes.get_secret_value(), where)
-        accounts[name] = WeChatAccount(name, acc.corp_id, token, aes, "safe")
-    return cfg, accounts
+    def resolve(
+        self, environ: Mapping[str, str], source: str = CHANNELS_FILE
+    ) -> dict[str, WeChatAccount]:
+        """Apps with both a token and an EncodingAESKey (always safe mode)."""
+        accounts: dict[str, WeChatAccount] = {}
+        for name, acc in self.accounts.items():
+            where = self.where(source, "accounts", name)
+            token = resolve_secret(acc.token, acc.token_env, environ)
+            aes = resolve_secret(acc.encoding_aes_key, acc.encoding_aes_key_env, environ)
+            if token is None or aes is None:
+                log.warning("%s: token or EncodingAESKey missing (set %s and %s); account disabled",
+                            where, acc.token_env or "token",
+                            acc.encoding_aes_key_env or "encoding_aes_key")
+                continue
+            validate_aes_key(aes.get_secret_value(), where)
+            accounts[name] = WeChatAccount(name, acc.corp_id, token, aes, "safe")
+        return accounts
