@@ -85,7 +85,8 @@ def config_check(
     typer.echo(
         f"{directory}: OK version={cfg.version} categories={len(tax.categories)} "
         f"tags={len(tax.tag_ids())} keywords={tax.keyword_count()} "
-        f"groups={len(cfg.groups.groups)} rules={len(cfg.routing.rules)}"
+        f"groups={len(cfg.groups.groups)} rules={len(cfg.routing.rules)} "
+        f"model={cfg.model!r}"
     )
 
 

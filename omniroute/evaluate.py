@@ -27,6 +27,9 @@ __all__ = ["NONE", "Example", "Report", "evaluate", "predict", "read_labelled"]
 
 NONE = "none"
 SPLITS = ("train", "dev", "test")
+#: A category's F1 on fewer examples than this is shown but left out of the headline
+#: macro-F1: one or two examples make it 0 or 1 by chance.
+MIN_SUPPORT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,9 @@ class Report:
     examples: int
     config_version: str
     per_category: dict[str, Scores]
-    macro_f1: float
+    macro_f1: float  # over categories with at least ``min_support`` examples
+    macro_f1_all: float  # over every category with any example
+    min_support: int
     micro_f1: float
     exact_match: float
     confusions: list[tuple[str, str, int]]
@@ -140,6 +145,7 @@ def evaluate(
     split: str | None = None,
     config_version: str = "",
     worst: int = 10,
+    min_support: int = MIN_SUPPORT,
 ) -> Report:
     """Tag every example and score the predicted category sets against the labels."""
     issue = frozenset(tagger.taxonomy.issue_categories())
@@ -173,6 +179,7 @@ def evaluate(
         p, r, f = _prf(tp[c], fp[c], fn[c])
         per[c] = Scores(round(p, 4), round(r, 4), round(f, 4), tp[c] + fn[c], tp[c] + fp[c])
     present = [s.f1 for s in per.values() if s.support > 0]
+    supported = [s.f1 for s in per.values() if s.support >= min_support]
     _, _, micro = _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
     misses.sort(key=lambda m: (-m[0], m[1].id))
     return Report(
@@ -181,7 +188,9 @@ def evaluate(
         examples=len(examples),
         config_version=config_version,
         per_category=per,
-        macro_f1=round(sum(present) / len(present), 4) if present else 0.0,
+        macro_f1=round(sum(supported) / len(supported), 4) if supported else 0.0,
+        macro_f1_all=round(sum(present) / len(present), 4) if present else 0.0,
+        min_support=min_support,
         micro_f1=round(micro, 4),
         exact_match=round(exact / len(examples), 4) if examples else 0.0,
         confusions=[(g, p, n) for (g, p), n in confusions.most_common(10)],
@@ -200,7 +209,8 @@ def render(report: Report) -> Iterable[str]:
     yield f"{'category':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"
     for c, s in report.per_category.items():
         yield f"{c:<12} {s.precision:>9.3f} {s.recall:>7.3f} {s.f1:>6.3f} {s.support:>8}"
-    yield (f"macro-F1 {report.macro_f1:.3f} (categories with support)  micro-F1 "
+    yield (f"macro-F1 {report.macro_f1:.3f} (categories with >= {report.min_support} "
+           f"examples; {report.macro_f1_all:.3f} over all with any)  micro-F1 "
            f"{report.micro_f1:.3f}  exact match {report.exact_match:.3f}")
     if report.confusions:
         yield "most frequent confusions (labelled -> predicted instead):"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .skills.model import MODEL_FILE, load_tag_model
 from .skills.normalize import default_normalizer
 from .skills.tagger import Tagger
 from .skills.taxonomy import default_taxonomy_path, load_taxonomy
@@ -45,7 +46,10 @@ def _rate(fn: Callable[[str], object], texts: Sequence[str], seconds: float) -> 
 
 
 def run_tagger_bench(
-    texts: Sequence[str], seconds: float = 2.0, taxonomy_path: Path | None = None
+    texts: Sequence[str],
+    seconds: float = 2.0,
+    taxonomy_path: Path | None = None,
+    model_path: Path | None = None,
 ) -> dict[str, float]:
     """Messages/s of :meth:`Tagger.tag` against two naive baselines, on one core.
 
@@ -58,18 +62,26 @@ def run_tagger_bench(
         texts: Sample messages (cycled); real messages give realistic hit rates.
         seconds: Time budget per method (split into five rounds; the best counts).
         taxonomy_path: Taxonomy to build; the shipped default when ``None``.
+        model_path: The learned model to measure beside the keywords; by default the
+            ``tag_model.json`` beside the taxonomy, when there is one.
 
     Returns:
         ``keywords``, ``messages``, ``aho_msgs_per_s``, ``regex_msgs_per_s``,
         ``naive_in_msgs_per_s``, ``normalize_msgs_per_s``, ``speedup_vs_regex``,
-        ``speedup_vs_naive_in``.
+        ``speedup_vs_naive_in``; with a model also ``model_msgs_per_s``,
+        ``model_ngrams`` and ``model_vs_keywords`` (same run, ratio of rates).
 
     Raises:
         ValueError: ``texts`` is empty.
     """
     if not texts:
         raise ValueError("run_tagger_bench needs at least one text; pass sample messages")
-    tagger = Tagger(load_taxonomy(taxonomy_path or default_taxonomy_path()))
+    taxonomy_path = taxonomy_path or default_taxonomy_path()
+    taxonomy = load_taxonomy(taxonomy_path)
+    tagger = Tagger(taxonomy)
+    if model_path is None and (taxonomy_path.parent / MODEL_FILE).is_file():
+        model_path = taxonomy_path.parent / MODEL_FILE
+    model = load_tag_model(model_path) if model_path is not None else None
     normalize = default_normalizer()
     keywords = sorted(tagger.keywords(), key=len, reverse=True)
     alternation = re.compile("|".join(re.escape(k) for k in keywords))
@@ -85,6 +97,11 @@ def run_tagger_bench(
     regex = _rate(regex_baseline, texts, seconds)
     naive = _rate(naive_in_baseline, texts, seconds)
     norm_only = _rate(normalize, texts, seconds)
+    extra: dict[str, float] = {}
+    if model is not None:
+        with_model = _rate(Tagger(taxonomy, model).tag, texts, seconds)
+        extra = {"model_ngrams": float(len(model.ngrams)), "model_msgs_per_s": with_model,
+                 "model_vs_keywords": with_model / aho}
     return {
         "keywords": float(len(keywords)),
         "messages": float(len(texts)),
@@ -94,6 +111,7 @@ def run_tagger_bench(
         "normalize_msgs_per_s": norm_only,
         "speedup_vs_regex": aho / regex,
         "speedup_vs_naive_in": aho / naive,
+        **extra,
     }
 
 

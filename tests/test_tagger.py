@@ -325,6 +325,9 @@ def test_bench_reports_all_figures() -> None:
         "normalize_msgs_per_s",
         "speedup_vs_regex",
         "speedup_vs_naive_in",
+        "model_ngrams",
+        "model_msgs_per_s",
+        "model_vs_keywords",
     }
     assert figures["keywords"] > 1000
     assert figures["messages"] == 3
@@ -334,6 +337,8 @@ def test_bench_reports_all_figures() -> None:
         figures["aho_msgs_per_s"] / figures["regex_msgs_per_s"])
     assert figures["speedup_vs_naive_in"] == pytest.approx(
         figures["aho_msgs_per_s"] / figures["naive_in_msgs_per_s"])
+    assert figures["model_vs_keywords"] == pytest.approx(
+        figures["model_msgs_per_s"] / figures["aho_msgs_per_s"])
 
 
 def test_bench_tagger_command_prints_its_figures() -> None:
@@ -342,7 +347,8 @@ def test_bench_tagger_command_prints_its_figures() -> None:
     figures = orjson.loads(result.stdout)
     assert set(figures) == {
         "keywords", "messages", "aho_msgs_per_s", "regex_msgs_per_s", "naive_in_msgs_per_s",
-        "normalize_msgs_per_s", "speedup_vs_regex", "speedup_vs_naive_in",
+        "normalize_msgs_per_s", "speedup_vs_regex", "speedup_vs_naive_in", "model_ngrams",
+        "model_msgs_per_s", "model_vs_keywords",
     }
     assert figures["messages"] == len(bundled_texts())
     assert all(isinstance(v, float) and v > 0 for v in figures.values())

@@ -1,0 +1,48 @@
+"""Regression guard on routing accuracy: the frozen test splits, the shipped configuration.
+
+The published figures (tests/data/labelled/published.json, quoted in the README) were
+measured once, after tuning on train/dev only. A change that costs more than 0.02
+macro-F1 on either test split fails here; a change that gains should update the
+published figures (and the README) in the same commit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from omniroute.evaluate import evaluate, read_labelled
+from omniroute.skills.config import load_config
+from omniroute.skills.tagger import Tagger
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELLED = ROOT / "tests" / "data" / "labelled"
+PUBLISHED = json.loads((LABELLED / "published.json").read_text())
+TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Tagger:
+    cfg = load_config(ROOT / "config")
+    assert cfg.model is not None, "the shipped configuration must include the tag model"
+    return Tagger(cfg.taxonomy, cfg.model)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED["macro_f1"]))
+def test_test_split_macro_f1_holds(tagger: Tagger, name: str) -> None:
+    report = evaluate(tagger, read_labelled(LABELLED / name, "test"),
+                      min_support=PUBLISHED["min_support"])
+    published = PUBLISHED["macro_f1"][name]
+    assert report.macro_f1 >= published - TOLERANCE, (
+        f"{name}: macro-F1 {report.macro_f1} fell more than {TOLERANCE} below the "
+        f"published {published}; per category: "
+        + ", ".join(f"{c}={s.f1}" for c, s in report.per_category.items())
+    )
+
+
+def test_readme_quotes_the_published_figures() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for value in [*PUBLISHED["macro_f1"].values(), *PUBLISHED["keywords_only_macro_f1"].values()]:
+        assert f"{value:.3f}" in readme, f"README does not quote {value:.3f}"
