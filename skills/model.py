@@ -72,8 +72,10 @@ class TagModel:
     meta: Mapping[str, Any]
 
     def __repr__(self) -> str:
-        return (f"TagModel({len(self.categories)} categories, {len(self.ngrams)} n-grams, "
-                f"sha256:{self.digest})")
+        return (
+            f"TagModel({len(self.categories)} categories, {len(self.ngrams)} n-grams, "
+            f"sha256:{self.digest})"
+        )
 
     def check_against(self, categories: Sequence[str], where: str) -> None:
         """Refuse a model trained for other categories than the taxonomy has."""
@@ -92,17 +94,22 @@ class TagModel:
             "meta": self.meta,
             "keyword_final": sorted(self.keyword_final),
             "categories": {
-                cid: {"bias": round(c.bias, 6), "threshold": round(c.threshold, 6),
-                      "keyword_weights": {k: round(w, 6)
-                                          for k, w in sorted(c.keyword_weights.items())}}
+                cid: {
+                    "bias": round(c.bias, 6),
+                    "threshold": round(c.threshold, 6),
+                    "keyword_weights": {
+                        k: round(w, 6) for k, w in sorted(c.keyword_weights.items())
+                    },
+                }
                 for cid, c in self.categories.items()
             },
         }
         lines = [json.dumps(head, ensure_ascii=False, sort_keys=True)[:-1] + ', "ngrams": {']
         items = sorted(self.ngrams.items())
         for i, (gram, weights) in enumerate(items):
-            body = json.dumps({k: round(w, 6) for k, w in sorted(weights.items())},
-                              ensure_ascii=False)
+            body = json.dumps(
+                {k: round(w, 6) for k, w in sorted(weights.items())}, ensure_ascii=False
+            )
             comma = "," if i < len(items) - 1 else ""
             lines.append(f"{json.dumps(gram, ensure_ascii=False)}: {body}{comma}")
         lines.append("}}")
@@ -110,8 +117,10 @@ class TagModel:
 
 
 def _fail(path: Path, problem: str) -> ConfigError:
-    return ConfigError(f"{path}: {problem}; rebuild it with `omniroute train` "
-                       "or remove it to route by keywords alone")
+    return ConfigError(
+        f"{path}: {problem}; rebuild it with `omniroute train` "
+        "or remove it to route by keywords alone"
+    )
 
 
 def _number(value: object, path: Path, where: str) -> float:
@@ -154,8 +163,9 @@ def load_tag_model(path: Path) -> TagModel:
         categories[cid] = CategoryModel(
             bias=_number(c.get("bias"), path, f"categories.{cid}.bias"),
             threshold=threshold,
-            keyword_weights={k: _number(w, path, f"categories.{cid}.keyword_weights.{k}")
-                             for k, w in kw.items()},
+            keyword_weights={
+                k: _number(w, path, f"categories.{cid}.keyword_weights.{k}") for k, w in kw.items()
+            },
         )
     grams_raw = data.get("ngrams")
     if not isinstance(grams_raw, dict):
@@ -167,8 +177,7 @@ def load_tag_model(path: Path) -> TagModel:
         for cid in weights:
             if cid not in categories:
                 raise _fail(path, f"ngrams.{gram} weighs unknown category {cid!r}")
-        ngrams[gram] = {cid: _number(w, path, f"ngrams.{gram}.{cid}")
-                        for cid, w in weights.items()}
+        ngrams[gram] = {cid: _number(w, path, f"ngrams.{gram}.{cid}") for cid, w in weights.items()}
     final = data.get("keyword_final", [])
     if not isinstance(final, list) or not all(isinstance(x, str) for x in final):
         raise _fail(path, "'keyword_final' must be a list of category ids")
