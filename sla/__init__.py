@@ -1,7 +1,8 @@
 """SLA timers, escalation, business calendars, surge and incident detection.
 
 Wiring (see docs/sla.md): ``SlaWorker(settings, registry, clock)`` is the service;
-``router.agent_api.install`` adds the agent API to the adapters' HTTP app.
+``sla.agent_api.install`` adds the agent API to the HTTP app (the composition root,
+``omniroute.node``, installs it beside the channel adapters).
 """
 
 from ..router.events import AgentEvent
