@@ -71,8 +71,11 @@ class EmailSettings(_Section):
 
     # -- which mail is ours ------------------------------------------------------
     domains: _Names = Field(default=(), alias="OMNI_EMAIL_DOMAINS")  # e.g. "kefu.example.com"
-    # Full addresses we accept; empty = any local part at ``domains``.
+    # Full addresses we accept; each is an envelope ``account`` and a metric label.
     mailboxes: _Names = Field(default=(), alias="OMNI_EMAIL_MAILBOXES")
+    # The one account (and metric label) for mail to any other address at ``domains``;
+    # unset: such mail is refused at RCPT (550 5.1.1). SMTP needs this or ``mailboxes``.
+    catch_all: str | None = Field(default=None, max_length=128, alias="OMNI_EMAIL_CATCH_ALL")
 
     # -- inbound SMTP --------------------------------------------------------------
     smtp_host: str = Field(default="127.0.0.1", alias="OMNI_SMTP_HOST")
@@ -111,6 +114,15 @@ class EmailSettings(_Section):
             return tuple(str(v).strip().lower() for v in value if str(v).strip())
         return value
 
+    @field_validator("catch_all", mode="before")
+    @classmethod
+    def _catch_all(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower() or None
+            if value == "-":
+                raise ValueError("OMNI_EMAIL_CATCH_ALL: '-' is the label of refusals; pick a name")
+        return value
+
     def accepts_domain(self, domain: str) -> bool:
         """True if mail for ``domain`` is ours."""
         return domain.lower() in self.domains
@@ -118,6 +130,12 @@ class EmailSettings(_Section):
     def accepts_mailbox(self, address: str) -> bool:
         """True if ``address`` (at one of our domains) is a known mailbox."""
         return not self.mailboxes or address.lower() in self.mailboxes
+
+    def account_for(self, address: str) -> str | None:
+        """The account of mail to ``address`` (at one of our domains): the mailbox itself
+        when it is listed, else the catch-all label, else None (refused)."""
+        mailbox = address.lower()
+        return mailbox if mailbox in self.mailboxes else self.catch_all
 
 
 class PhoneSettings(_Section):
