@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 async def test_serve_composes_http_and_smtp(topics_ready: Settings) -> None:
     smtp_port = free_port()
     email = EmailSettings.model_validate(
-        {"OMNI_EMAIL_DOMAINS": "kefu.example.com", "OMNI_SMTP_PORT": smtp_port}
+        {"OMNI_EMAIL_DOMAINS": "kefu.example.com", "OMNI_EMAIL_MAILBOXES": "help@kefu.example.com",
+         "OMNI_SMTP_PORT": smtp_port}
     )
     settings = topics_ready.model_copy(update={"http_port": free_port(), "email": email})
     async with http_ingest(settings, CollectorRegistry()), aiohttp.ClientSession() as http:

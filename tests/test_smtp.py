@@ -336,41 +336,111 @@ async def test_lifecycle_is_idempotent(settings: Settings) -> None:
     unconfigured, _ = await build_edge(settings, None, OMNI_EMAIL_DOMAINS="")
     with pytest.raises(ValueError, match="OMNI_EMAIL_DOMAINS"):
         await unconfigured.start()
+    # no mailbox list and no catch-all: every address would be refused (issue 11, item 9)
+    no_mailbox, _ = await build_edge(settings, None, OMNI_EMAIL_MAILBOXES="")
+    with pytest.raises(ValueError, match=r"OMNI_EMAIL_MAILBOXES.*OMNI_EMAIL_CATCH_ALL"):
+        await no_mailbox.start()
+    with pytest.raises(ValueError, match="'-' is the label of refusals"):
+        email_settings(OMNI_EMAIL_CATCH_ALL="-")
 
 
-async def test_one_data_to_several_mailboxes_gives_one_envelope_per_mailbox(
+async def test_one_data_to_several_mailboxes_gives_one_envelope(
     edge: Edge, topics_ready: Settings
 ) -> None:
-    """Each of our mailboxes is an account: one envelope each, deduped per mailbox."""
+    """One message, one envelope (issue 11, item 9): the first accepted mailbox is its
+    account, ``meta.mailboxes`` lists them all; the Message-ID is deduped across mailboxes."""
     raw = gb_multipart("gb2312", "<multi@example.com>", "两个邮箱都发了")
     # a repeated recipient (other case) and a refused one do not change the accepted set
     refused = await edge.send(raw, ["kefu@shop.example", "VIP@shop.example",
                                     "Kefu@Shop.example", "nobody@shop.example"])
     assert set(refused) == {"nobody@shop.example"}
-    got = await consume(topics_ready, lambda envs: len(envs) >= 2)
-    assert sorted(e.account for _, e in got) == ["kefu@shop.example", "vip@shop.example"]
-    (k1, e1), (k2, e2) = got
-    assert e1.id != e2.id  # the router dedupes on the id: both must survive it
-    assert e1.channel_msg_id == e2.channel_msg_id == "multi@example.com"
-    assert e1.conversation_id == e2.conversation_id == "email:multi@example.com"
-    assert k1 == k2 == b"email:multi@example.com"
-    assert e1.text == e2.text == "朱镕基\n\n两个邮箱都发了"
-    assert e1.customer == e2.customer
-    for mailbox in ("kefu@shop.example", "vip@shop.example"):
-        assert edge.metric("omni_adapter_accepted_total", channel="email", account=mailbox) == 1
-
-    # The MTA retries the same mail to one of them plus a third: only the third is new.
+    # The MTA retries the same mail to one of them plus a third (or splits the
+    # recipients into another transaction): still 250, nothing new.
     assert await edge.send(raw, ["vip@shop.example", "sales@shop.example"]) == {}
-    # The whole first transaction again: nothing new, still 250.
     assert await edge.send(raw, ["kefu@shop.example", "vip@shop.example"]) == {}
     await edge.send(gb_multipart("gb2312", "<marker@example.com>", "标记"), ["ops@shop.example"])
     got = await consume(topics_ready,
                         lambda envs: any(e.channel_msg_id == "marker@example.com" for e in envs))
-    multi = sorted(e.account for _, e in got if e.channel_msg_id == "multi@example.com")
-    assert multi == ["kefu@shop.example", "sales@shop.example", "vip@shop.example"]
-    assert edge.metric("omni_adapter_duplicates_total", channel="email",
-                       account="vip@shop.example") == 2
-    assert edge.metric("omni_adapter_duplicates_total", channel="email",
+    multi = [(k, e) for k, e in got if e.channel_msg_id == "multi@example.com"]
+    assert len(multi) == 1
+    key, env = multi[0]
+    assert env.account == "kefu@shop.example"
+    assert env.meta["mailboxes"] == "kefu@shop.example,vip@shop.example"
+    assert env.conversation_id == "email:multi@example.com"
+    assert key == b"email:multi@example.com"
+    assert env.text == "朱镕基\n\n两个邮箱都发了"
+    assert edge.metric("omni_adapter_accepted_total", channel="email",
                        account="kefu@shop.example") == 1
     assert edge.metric("omni_adapter_accepted_total", channel="email",
-                       account="sales@shop.example") == 1
+                       account="vip@shop.example") == 0
+    assert edge.metric("omni_adapter_requests_total", channel="email",
+                       account="kefu@shop.example") == 2
+    assert edge.metric("omni_adapter_duplicates_total", channel="email",
+                       account="vip@shop.example") == 1
+    assert edge.metric("omni_adapter_duplicates_total", channel="email",
+                       account="kefu@shop.example") == 1
+
+
+def email_label_values(edge: Edge) -> set[str]:
+    """Every ``account`` label of the e-mail channel's adapter metrics."""
+    return {
+        sample.labels["account"]
+        for metric in edge.ctx.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.labels.get("channel") == "email" and "account" in sample.labels
+    }
+
+
+async def test_unlisted_addresses_are_refused_at_rcpt_and_labelled_dash(edge: Edge) -> None:
+    """Without a catch-all, made-up addresses at our domain never reach DATA."""
+    made_up = [f"user{i}@shop.example" for i in range(20)]
+
+    def session(smtp: smtplib.SMTP) -> list[tuple[int, bytes]]:
+        smtp.mail("buyer@example.com")
+        replies = [smtp.rcpt(a) for a in made_up]
+        smtp.rset()
+        return replies
+
+    replies = await edge.client(session)
+    assert {(code, msg.split()[0]) for code, msg in replies} == {(550, b"5.1.1")}
+    assert edge.metric("omni_adapter_rejected_total", channel="email", account="-",
+                       reason="unknown_recipient") == 20
+    assert email_label_values(edge) == {"-"}
+
+
+async def test_catch_all_gives_one_account_for_any_address_at_our_domains(
+    topics_ready: Settings, aredis: Redis
+) -> None:
+    """The issue's case: one mail to 20 addresses at our domain is one envelope, and
+    the metric labels are the configured accounts, not the addresses."""
+    server, producer = await build_edge(topics_ready, aredis, OMNI_EMAIL_MAILBOXES="",
+                                        OMNI_EMAIL_CATCH_ALL=" Support ",
+                                        OMNI_SMTP_MAX_RECIPIENTS=25)
+    async with producer, server:
+        edge = Edge(server, server._ctx)
+        to = [f"user{i}@shop.example" for i in range(19)] + ["x@shop2.example",
+                                                              "x@elsewhere.example"]
+        raw = b"From: a@example.com\r\nMessage-ID: <fan@x>\r\nSubject: s\r\n\r\nhelp\r\n"
+        refused = await edge.send(raw, to)
+        assert set(refused) == {"x@elsewhere.example"}
+        got = await consume(topics_ready, lambda envs: len(envs) >= 1)
+        assert [(e.account, e.meta["mailboxes"], e.channel_msg_id) for _, e in got] == [
+            ("support", "support", "fan@x")
+        ]
+        assert edge.metric("omni_adapter_accepted_total", channel="email",
+                           account="support") == 1
+        assert email_label_values(edge) == {"support", "-"}
+
+    # listed mailboxes keep their own account beside the catch-all
+    server, producer = await build_edge(topics_ready, aredis, OMNI_EMAIL_CATCH_ALL="support")
+    async with producer, server:
+        edge = Edge(server, server._ctx)
+        raw = b"From: a@example.com\r\nMessage-ID: <mix@x>\r\nSubject: s\r\n\r\nhelp\r\n"
+        assert await edge.send(raw, ["anyone@shop.example", "vip@shop.example",
+                                     "other@shop.example"]) == {}
+        got = await consume(topics_ready,
+                            lambda envs: any(e.channel_msg_id == "mix@x" for e in envs))
+        mix = [e for _, e in got if e.channel_msg_id == "mix@x"]
+        assert [(e.account, e.meta["mailboxes"]) for e in mix] == [
+            ("support", "support,vip@shop.example")
+        ]

@@ -1,5 +1,15 @@
 """Inbound SMTP (aiosmtpd): accept mail for our mailboxes, produce, then answer 250.
 
+Recipients are accepted at RCPT only when they are listed in
+``OMNI_EMAIL_MAILBOXES`` or, for any other address at our domains, when
+``OMNI_EMAIL_CATCH_ALL`` names the one account such mail gets. So the accounts
+(envelope ``account`` and metric label) are a configured, bounded set, whatever
+addresses a sender makes up. One DATA gives one envelope, whatever the number of
+recipients: its account is the first accepted recipient's, and ``meta.mailboxes``
+lists every accepted account in RCPT order. The adapter dedupes on the Message-ID
+alone, so the same message arriving again (an MTA retry, or the sender's MTA
+splitting the recipients into several transactions) is produced once.
+
 SMTP replies (enhanced status codes, RFC 3463):
 
 ===================  ==========================================================
@@ -7,7 +17,7 @@ SMTP replies (enhanced status codes, RFC 3463):
 ``451 4.3.0``        the broker did not acknowledge: the sending MTA retries
 ``452 4.5.3``        too many recipients in one transaction
 ``501 5.1.3``        recipient address without a domain
-``550 5.1.1``        unknown mailbox at one of our domains
+``550 5.1.1``        unlisted mailbox at one of our domains and no catch-all
 ``552 5.3.4``        message over ``OMNI_SMTP_MAX_MESSAGE_BYTES``
 ``554 5.6.0``        not a usable mail (no headers, no sender, nothing to read)
 ``554 5.7.1``        not our domain: we are no relay
@@ -20,6 +30,7 @@ thread), so it shares the producer and Redis client with the HTTP adapters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -31,7 +42,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from ...router.exceptions import BrokerUnavailable, ConfigError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
-from ...router.models import Envelope as OmniEnvelope
 from ...router.settings import EmailSettings
 from ..dedupe import Deduper
 from ..pii import mask_envelope
@@ -45,8 +55,24 @@ _NO_ACCOUNT = "-"  # metric label when no mailbox of ours is involved (bounded c
 
 
 def dedupe_id(mailbox: str, message_id: str) -> str:
-    """Dedupe key part: the same Message-ID may legitimately reach two of our mailboxes."""
+    """Dedupe key part of the IMAP poller: one key per polled mailbox and Message-ID."""
     return f"{mailbox}|{message_id}"
+
+
+def message_dedupe_id(message_id: str) -> str:
+    """Dedupe key part of inbound SMTP: one key per Message-ID, whatever the recipients
+    (the empty mailbox part never clashes with an IMAP account, which is never empty)."""
+    return dedupe_id("", message_id)
+
+
+def accounts_of(config: EmailSettings, addresses: list[str]) -> list[str]:
+    """The accounts of the accepted recipients, each once, in RCPT order."""
+    accounts: list[str] = []
+    for address in addresses:
+        account = config.account_for(address)
+        if account is not None and account not in accounts:
+            accounts.append(account)
+    return accounts
 
 
 class InboundMailHandler:
@@ -71,7 +97,7 @@ class InboundMailHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        """Accept only known mailboxes at our domains, at most ``max_recipients``."""
+        """Accept listed mailboxes (others with a catch-all), at most ``max_recipients``."""
         cfg = self._config
         if len(envelope.rcpt_tos) >= cfg.max_recipients:
             return self._reject(
@@ -89,7 +115,7 @@ class InboundMailHandler:
                 _NO_ACCOUNT, "relay_denied", f"554 5.7.1 <{address}>: Relay access denied"
             )
         mailbox = address.lower()
-        if not cfg.accepts_mailbox(mailbox):
+        if cfg.account_for(mailbox) is None:
             return self._reject(
                 _NO_ACCOUNT,
                 "unknown_recipient",
@@ -116,68 +142,63 @@ class InboundMailHandler:
     async def _deliver(self, envelope: Envelope) -> str:
         started = time.perf_counter()
         ctx, cfg = self._ctx, self._config
-        mailboxes = list(envelope.rcpt_tos)
+        accounts = accounts_of(cfg, list(envelope.rcpt_tos))
+        if not accounts:  # RCPT accepted none: aiosmtpd answers 503 before DATA
+            return self._reject(_NO_ACCOUNT, "no_recipient", "554 5.5.1 No valid recipients")
+        account = accounts[0]
         raw = envelope.original_content  # bytes: decode_data=False
         if raw is None:
             content = envelope.content or b""
             if isinstance(content, str):
                 content = content.encode("utf-8", "surrogateescape")
             raw = content
-        for mailbox in mailboxes:
-            ctx.metrics.requests.labels(CHANNEL, mailbox).inc()
+        ctx.metrics.requests.labels(CHANNEL, account).inc()
         if len(raw) > cfg.max_message_bytes:
-            for mailbox in mailboxes:
-                ctx.metrics.rejected.labels(CHANNEL, mailbox, "too_large").inc()
-            return (
+            return self._reject(
+                account,
+                "too_large",
                 f"552 5.3.4 Message size {len(raw)} bytes exceeds the fixed limit of "
-                f"{cfg.max_message_bytes} bytes"
+                f"{cfg.max_message_bytes} bytes",
             )
         try:
             mail = parse_mail(raw)
         except MalformedMail as exc:
-            for mailbox in mailboxes:
-                ctx.metrics.rejected.labels(CHANNEL, mailbox, exc.reason).inc()
-            return f"554 5.6.0 Malformed message: {exc}"
+            return self._reject(account, exc.reason, f"554 5.6.0 Malformed message: {exc}")
         sender = envelope.mail_from or ""
         if mail.auto_submitted or sender in ("", "<>"):
             # Out-of-office replies and bounces would loop with our own auto-acks.
             ctx.metrics.filtered.labels(CHANNEL, "auto_submitted").inc()
             return "250 2.0.0 OK: auto-submitted mail is not routed"
-        received_at_ms = ctx.now_ms()
-        fresh: list[OmniEnvelope] = []
-        for mailbox in mailboxes:
-            try:
-                env = to_envelope(
-                    mail,
-                    mailbox,
-                    received_at_ms,
-                    salt=ctx.settings.customer_id_salt.get_secret_value(),
-                    sender=sender,
-                )
-            except MalformedMail as exc:
-                ctx.metrics.rejected.labels(CHANNEL, mailbox, exc.reason).inc()
-                return f"554 5.6.0 Malformed message: {exc}"
-            env, masked = mask_envelope(env)
-            for kind, n in masked.counts.items():
-                ctx.metrics.pii_masked.labels(CHANNEL, kind).inc(n)
-            if self._deduper is not None and await self._deduper.seen(
-                CHANNEL, dedupe_id(mailbox, mail.message_id)
-            ):
-                ctx.metrics.duplicates.labels(CHANNEL, mailbox).inc()
-                continue
-            fresh.append(env)
-        if fresh:
-            try:
-                await ctx.sink.send_envelopes(fresh)
-            except BrokerUnavailable as exc:
-                log.warning("smtp: %s", exc)
-                for env in fresh:
-                    ctx.metrics.rejected.labels(CHANNEL, env.account, "broker_unavailable").inc()
-                return "451 4.3.0 Temporary failure: message broker unavailable, try again later"
-        for env in fresh:
-            if self._deduper is not None:
-                await self._deduper.mark(CHANNEL, dedupe_id(env.account, mail.message_id))
-            ctx.metrics.accepted.labels(CHANNEL, env.account).inc()
+        try:
+            env = to_envelope(
+                mail,
+                account,
+                ctx.now_ms(),
+                salt=ctx.settings.customer_id_salt.get_secret_value(),
+                sender=sender,
+            )
+        except MalformedMail as exc:
+            return self._reject(account, exc.reason, f"554 5.6.0 Malformed message: {exc}")
+        env = dataclasses.replace(env, meta={**env.meta, "mailboxes": ",".join(accounts)})
+        env, masked = mask_envelope(env)
+        for kind, n in masked.counts.items():
+            ctx.metrics.pii_masked.labels(CHANNEL, kind).inc(n)
+        key = message_dedupe_id(mail.message_id)
+        if self._deduper is not None and await self._deduper.seen(CHANNEL, key):
+            ctx.metrics.duplicates.labels(CHANNEL, account).inc()
+            return f"250 2.0.0 OK: <{mail.message_id}> already queued"
+        try:
+            await ctx.sink.send_envelopes([env])
+        except BrokerUnavailable as exc:
+            log.warning("smtp: %s", exc)
+            return self._reject(
+                account,
+                "broker_unavailable",
+                "451 4.3.0 Temporary failure: message broker unavailable, try again later",
+            )
+        if self._deduper is not None:
+            await self._deduper.mark(CHANNEL, key)
+        ctx.metrics.accepted.labels(CHANNEL, account).inc()
         ctx.metrics.ack_latency.labels(CHANNEL).observe(time.perf_counter() - started)
         return f"250 2.0.0 OK: queued as <{mail.message_id}>"
 
@@ -263,6 +284,13 @@ class SmtpServer(Lifecycle):
             raise ConfigError(
                 "inbound SMTP has no mailbox domain: set OMNI_EMAIL_DOMAINS "
                 "(e.g. 'kefu.example.com'), or mail for every domain would be refused"
+            )
+        if not self._config.mailboxes and self._config.catch_all is None:
+            raise ConfigError(
+                "inbound SMTP has no mailbox: set OMNI_EMAIL_MAILBOXES (e.g. "
+                "'kefu@kefu.example.com,vip@kefu.example.com') and/or OMNI_EMAIL_CATCH_ALL "
+                "(the one account for mail to any other address at OMNI_EMAIL_DOMAINS, "
+                "e.g. 'support'), or every recipient would be refused"
             )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
