@@ -127,10 +127,6 @@ class EmailSettings(_Section):
         """True if mail for ``domain`` is ours."""
         return domain.lower() in self.domains
 
-    def accepts_mailbox(self, address: str) -> bool:
-        """True if ``address`` (at one of our domains) is a known mailbox."""
-        return not self.mailboxes or address.lower() in self.mailboxes
-
     def account_for(self, address: str) -> str | None:
         """The account of mail to ``address`` (at one of our domains): the mailbox itself
         when it is listed, else the catch-all label, else None (refused)."""
