@@ -4,6 +4,10 @@ An adapter acknowledges its channel only after ``send_envelopes`` returned; if
 the broker does not acknowledge within ``produce_timeout_s`` it raises
 :class:`~router.exceptions.BrokerUnavailable` and the adapter answers with a
 retryable status (HTTP 503, SMTP 451), so the channel re-delivers.
+
+It is also the one place PII masking cannot be skipped: ``send_envelopes`` masks
+every envelope (:func:`router.pii.mask_envelope`) before it is encoded, whichever
+ingest path built it (generic API, WeChat, WeCom, Douyin, phone, SMTP, IMAP).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from aiokafka.errors import KafkaError
 from . import kafka, topics
 from .exceptions import BrokerUnavailable
 from .lifecycle import Lifecycle
+from .metrics import AdapterMetrics
 from .models import Envelope
+from .pii import mask_envelope
 from .settings import Settings
 
 __all__ = ["EnvelopeProducer", "EnvelopeSink"]
@@ -35,12 +41,19 @@ class EnvelopeSink(Protocol):
 
 
 class EnvelopeProducer(Lifecycle):
-    """aiokafka producer with acks=all; ``start``/``stop`` are idempotent."""
+    """aiokafka producer with acks=all; ``start``/``stop`` are idempotent.
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        settings: Bootstrap servers, produce timeout, topic prefix.
+        metrics: Where values masked here are counted (``omni_adapter_pii_masked_total``
+            by envelope channel); the HTTP context binds its own when none is given.
+    """
+
+    def __init__(self, settings: Settings, metrics: AdapterMetrics | None = None) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self.inbound_topic = settings.topic(topics.INBOUND)
+        self.metrics = metrics
 
     async def _start(self) -> None:
         """Connect to the broker (retried lazily by ``send_*`` if this fails)."""
@@ -82,11 +95,22 @@ class EnvelopeProducer(Lifecycle):
         """
         await kafka.check_broker(await self._started(), self._settings)
 
+    def mask(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Every envelope PII-masked (counted in ``metrics`` when set)."""
+        out = []
+        for env in envelopes:
+            masked, result = mask_envelope(env)
+            if result.counts and self.metrics is not None:
+                for kind, n in result.counts.items():
+                    self.metrics.pii_masked.labels(env.channel.value, kind).inc(n)
+            out.append(masked)
+        return out
+
     async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
-        """Produce every envelope (key = conversation id) and await all acks."""
+        """Mask PII, produce every envelope (key = conversation id) and await all acks."""
         await self.send_records(
             self.inbound_topic,
-            [(e.conversation_id.encode(), e.to_json()) for e in envelopes],
+            [(e.conversation_id.encode(), e.to_json()) for e in self.mask(envelopes)],
         )
 
     async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:

@@ -8,15 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omniroute.adapters.pii import (
+from omniroute.router.exceptions import ConfigError
+from omniroute.router.models import Channel, Customer, Envelope
+from omniroute.router.pii import (
     bank_card_valid,
+    id_card_shaped,
     id_card_valid,
     load_pii_policy,
     mask_envelope,
     mask_pii,
 )
-from omniroute.router.exceptions import ConfigError
-from omniroute.router.models import Channel, Customer, Envelope
 
 VALID_ID = "11010519491231002X"  # the GB 11643 example number
 VALID_ID_DIGIT = "110101199003074477"
@@ -49,13 +50,54 @@ def test_checksum_helpers() -> None:
     assert not bank_card_valid("411111111111")  # 12 digits: too short
 
 
-def test_id_card_masked_with_valid_checksum_only() -> None:
+def test_id_card_masked_with_valid_checksum() -> None:
     r = mask_pii(f"身份证{VALID_ID}谢谢")
     assert r.text == "身份证110***********002X谢谢"
     assert r.counts == {"id_card": 1}
+
+
+def test_id_card_with_a_wrong_check_digit_is_masked_too() -> None:
     bad = "110105194912310021"  # wrong check digit, not Luhn-valid either
+    assert not id_card_valid(bad)
     assert not bank_card_valid(bad)
-    assert mask_pii(f"身份证{bad}").text == f"身份证{bad}"
+    r = mask_pii(f"身份证{bad}，麻烦查一下")
+    assert r.text == "身份证110***********0021，麻烦查一下"
+    assert r.counts == {"id_card": 1}
+
+
+def test_old_15_digit_id_card_masked() -> None:
+    r = mask_pii("老身份证号110105491231002办的卡")
+    assert r.text == "老身份证号110********1002办的卡"
+    assert r.counts == {"id_card": 1}
+
+
+def test_id_shaped_numbers_that_are_not_ids_stay() -> None:
+    # no province starts with 00 or 99; month 13 is no birth date; 16 digits is no ID
+    for text in ("单号001051949123100211", "单号991051949123100211", "单号110105491331002",
+                 "单号1101054912310021"):
+        assert mask_pii(text).counts == {}, text
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("010-88886666", "010-****6666"),
+        ("01088886666", "010-****6666"),
+        ("(0755)2345678", "(0755)****5678"),
+        ("0571 8888 6666", "0571 ****6666"),
+        ("021-6123-4567", "021-****4567"),
+    ],
+)
+def test_landlines_masked(raw: str, masked: str) -> None:
+    r = mask_pii(f"座机{raw}，白天打")
+    assert r.text == f"座机{masked}，白天打"
+    assert r.counts == {"landline": 1}
+
+
+def test_not_a_landline() -> None:
+    # a local number never starts with 0 or 1; 400/800 numbers are companies', not people's
+    for text in ("010-08886666", "010-18886666", "4008-123-456", "客服 400 820 8820"):
+        assert mask_pii(text).counts == {}, text
 
 
 def test_id_card_lowercase_x_normalised() -> None:
@@ -146,9 +188,9 @@ def test_every_luhn_valid_card_is_masked(prefix: str) -> None:
     if card[0] in "3456":
         assert card not in r.text
         assert r.total == 1
-    elif r.counts:  # not an issuer prefix: only an 18-digit ID-card number is masked
+    elif r.counts:  # not an issuer prefix: only an ID-card number (15 or 18) is masked
         assert r.counts == {"id_card": 1}
-        assert id_card_valid(card)
+        assert id_card_valid(card) or id_card_shaped(card) or len(card) == 15
     else:
         assert r.text == f"卡号{card}"
 
