@@ -369,6 +369,35 @@ def train(
             typer.echo(line)
 
 
+@app.command()
+def rehearse(
+    scenario: Annotated[str, typer.Argument(
+        help="SCENARIO.yaml, or a shipped scenario: livestream-ramp, flash-step, "
+             "double11-midnight, payment-outage")],
+    out: Annotated[Path, typer.Option(help="directory for timeline.jsonl, chart.png, "
+                                           "summary.json")] = Path("rehearsal"),
+    chart: Annotated[bool, typer.Option(help="draw chart.png (needs matplotlib)")] = True,
+    seed: Annotated[int | None, typer.Option(help="override the scenario's seed")] = None,
+    config: ConfigDirOpt = None,
+) -> None:
+    """Rehearse a peak on a virtual clock (pipeline, SLA timers, forecast, simulated agents);
+    prints one summary JSON line."""
+    from .rehearse import load_scenario, scenario_path
+    from .rehearse import rehearse as run_rehearsal
+
+    try:
+        sc = load_scenario(scenario_path(scenario))
+        if seed is not None:
+            sc = sc.model_copy(update={"seed": seed})
+        summary = run_rehearsal(sc, out, chart=chart, config_dir=config)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    except ImportError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(orjson.dumps(summary).decode())
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -56,7 +56,7 @@ AGENT_EVENT_TYPES: Final = frozenset(
     {"claim", "accept", "reply", "wait_customer", "resolve", "transfer"}
 )
 AlertType = Literal["sla.warning", "sla.breach", "sla.escalation"]
-SurgeType = Literal["surge.start", "surge.clear", "incident", "incident.clear"]
+SurgeType = Literal["surge.start", "surge.clear", "incident", "incident.clear", "surge.warning"]
 ChatterRule = Literal["empty", "repeat", "emoji_only", "cheer", "too_short"]
 SignalKind = Literal["live_gift", "live_like", "live_fansclub"]
 
@@ -259,12 +259,17 @@ class SurgeSignal:
     (``model`` ... ``answer_target_s``) and either the staffed agents and slots with
     ``extra_agents`` (where the logged-in capacity is known) or ``agents_needed``.
     ``incident`` and ``incident.clear`` name the ``tag``; ``incident`` its ``share``.
+    ``surge.warning`` (the forecast, sla/forecast.py) comes before the breaches: it
+    carries ``predicted_breach_in_s``, the staffing for the projected peak (with the
+    reserve), its ``cause`` (load, backlog, scheduled) and the ``evidence``; an early
+    ``incident`` from the forecast carries ``cause`` and ``evidence`` too.
     """
 
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({
         "model", "offered_load_erlangs", "needed_slots", "required_slots",
         "staffing_reserve", "aht_s", "service_level", "answer_target_s",
         "staffed_agents", "staffed_slots", "extra_agents", "agents_needed", "tag", "share",
+        "predicted_breach_in_s", "predicted_wait_s", "cause", "evidence",
     })
 
     type: SurgeType
@@ -287,6 +292,10 @@ class SurgeSignal:
     agents_needed: int | None = None  # when the logged-in capacity is unknown
     tag: str | None = None
     share: float | None = None  # the tag's share of all arrivals in the window
+    predicted_breach_in_s: float | None = None  # surge.warning: first breach expected in
+    predicted_wait_s: float | None = None  # surge.warning: wait of an arrival now
+    cause: str | None = None  # forecast signals: load | backlog | scheduled | incident
+    evidence: dict[str, Any] | None = None  # forecast signals: the figures behind it
     window_s: float
     window_end_ms: int
     at_ms: int
@@ -336,6 +345,11 @@ class SurgeSignal:
             agents_needed=_rec.opt_count(d, "agents_needed", r),
             tag=_rec.opt_str(d, "tag", r),
             share=_rec.opt_number(d, "share", r),
+            predicted_breach_in_s=_rec.opt_number(d, "predicted_breach_in_s", r),
+            predicted_wait_s=_rec.opt_number(d, "predicted_wait_s", r),
+            cause=_rec.opt_str(d, "cause", r),
+            evidence=None if d.get("evidence") is None
+            else dict(_rec.obj(d["evidence"], f"{r} field 'evidence'")),
             window_s=_rec.number(d, "window_s", r),
             window_end_ms=_rec.count(d, "window_end_ms", r),
             at_ms=_rec.count(d, "at_ms", r),

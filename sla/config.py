@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import time
+from datetime import datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,8 +23,11 @@ from .exceptions import ConfigError
 __all__ = [
     "CalendarConfig",
     "EscalationStep",
+    "ForecastConfig",
+    "ForecastGroup",
     "Match",
     "PolicyConfig",
+    "ScheduledPeak",
     "SlaConfig",
     "SurgeConfig",
     "Target",
@@ -162,6 +166,78 @@ class EscalationStep(_Frozen):
     notify: tuple[str, ...] = ()  # who the alert names (team-lead, supervisor, duty-manager)
 
 
+class ForecastGroup(_Frozen):
+    """Per skill group overrides of the forecast's handling time and answer target."""
+
+    aht_s: float | None = Field(default=None, gt=0)
+    answer_target_s: float | None = Field(default=None, gt=0)
+
+
+class ForecastConfig(_Frozen):
+    """The surge forecast (sla/forecast.py): short buckets, projection, warnings."""
+
+    enabled: bool = True
+    bucket_s: float = Field(default=5.0, gt=0, le=60)  # arrivals are counted per bucket
+    short_s: float = Field(default=15.0, gt=0)  # the current rate: mean of this span
+    trend_s: float = Field(default=60.0, gt=0)  # the trend: least squares over this span
+    trend_t: float = Field(default=4.0, ge=0)  # a trend counts at this many std errors
+    trend_horizon_s: float = Field(default=120.0, ge=0)  # the trend runs on this far, then flat
+    step_z: float = Field(default=4.0, gt=0)  # a step: the short mean this many sigmas off
+    horizon_s: float = Field(default=600.0, gt=0, le=7200)  # how far the projection runs
+    warning_horizon_s: float = Field(default=300.0, gt=0)  # warn when a breach is this close
+    advice_horizon_s: float = Field(default=300.0, gt=0)  # staff for the peak rate up to here
+    breach_share: float = Field(default=0.05, gt=0, lt=1)  # tolerated share of breaches
+    max_growth: float = Field(default=10.0, ge=1)  # the trend never projects past this x now
+    min_rate_per_min: float = Field(default=3.0, ge=0)  # below: no forecast warning
+    re_advise_s: float = Field(default=30.0, ge=0)  # at most one updated advice this often
+    re_advise_ratio: float = Field(default=0.2, ge=0)  # ... and only if it grows this much
+    clear_s: float = Field(default=120.0, gt=0)  # calm this long: the warning is re-armed
+    drain_s: float | None = Field(default=None, gt=0)  # also staff to drain the backlog in
+    ewma_alpha: float = Field(default=0.05, gt=0, le=1)  # baselines: weight of a bucket
+    heat_channel: Channel = Channel.LIVESTREAM  # the channel live-room heat leads
+    heat_lead_s: float = Field(default=30.0, ge=0)  # heat shows up in arrivals after this
+    heat_arrivals_per_unit: float | None = Field(default=None, ge=0)  # None: learned
+    incident_s: float = Field(default=30.0, gt=0)  # incident share over this span
+    advice_lead_s: float = Field(default=1800.0, ge=0)  # scheduled peaks: advise this early
+    groups: dict[str, ForecastGroup] = Field(default_factory=dict)
+
+
+class ScheduledPeak(_Frozen):
+    """A promotion or live session: ``multiplier`` x the learned baseline between
+    ``start`` and ``end`` (ISO datetimes; without an offset they are Asia/Shanghai)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    kind: Literal["promotion", "live_session"] = "promotion"
+    start: datetime
+    end: datetime
+    multiplier: float = Field(gt=1, le=1000)
+    groups: tuple[str, ...] = ()  # empty: every group with a baseline
+    expected_rate_per_min: dict[str, float] = Field(default_factory=dict)  # per group, optional
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduledPeak:
+        if self.end <= self.start:
+            raise ValueError(f"peak {self.id}: end ({self.end}) must be after start ({self.start})")
+        return self
+
+    @property
+    def start_ms(self) -> int:
+        """Start, epoch ms."""
+        return int(self.start.timestamp() * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        """End, epoch ms."""
+        return int(self.end.timestamp() * 1000)
+
+
 class SurgeConfig(_Frozen):
     """Surge and incident detection (see docs/sla.md for the model)."""
 
@@ -182,8 +258,12 @@ class SurgeConfig(_Frozen):
     answer_target_s: float = Field(default=30.0, gt=0)
     staffing_reserve: float = Field(default=1.2, ge=1)  # handbook: >= 120 % at peaks
     default_slots: int = Field(default=3, ge=1)  # slots per agent when computing extra agents
-    heat_per_gift: float = Field(default=0.0, ge=0)  # live-room heat weights (omni.signals)
-    heat_per_like: float = Field(default=0.0, ge=0)
+    # live-room heat from omni.signals, a leading indicator (on by default)
+    heat_per_viewer: float = Field(default=0.5, ge=0)  # per distinct viewer in a push
+    heat_per_gift: float = Field(default=1.0, ge=0)
+    heat_per_like: float = Field(default=0.05, ge=0)
+    forecast: ForecastConfig = ForecastConfig()
+    scheduled_peaks: tuple[ScheduledPeak, ...] = ()
 
     @model_validator(mode="after")
     def _hysteresis(self) -> SurgeConfig:

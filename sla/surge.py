@@ -10,9 +10,9 @@ a window has closed, one worker (a ``SET NX`` lock per window) evaluates it:
 * ``surge.start`` when the rate is >= ``start_ratio`` x baseline (and at least
   ``min_rate_per_min``) for ``start_windows`` consecutive windows; ``surge.clear``
   when it is < ``clear_ratio`` x baseline for ``clear_windows`` windows;
-* ``incident`` when one tag is >= ``incident_tag_share`` of all arrivals and
-  >= ``incident_ratio`` x its own baseline (a mass-complaint burst), cleared like
-  a surge;
+* ``incident`` when one tag is >= ``incident_tag_share`` of all arrivals,
+  >= ``incident_ratio`` x its own baseline and grows at least twice as fast as all
+  arrivals (a mass-complaint burst, not a busy hour), cleared like a surge;
 * each start carries the staffing needed to hold the SLA at the current rate
   (Erlang C, below), times ``staffing_reserve``, and the extra agents over the
   logged-in capacity where it is known (group scopes and ``all``).
@@ -159,6 +159,8 @@ class SurgeDetector:
         c = self.config
         per_min = 60 / c.window_s
         total = counts.get("all", 0.0)
+        all_base = states["all"].baseline if "all" in states else None
+        all_ratio = total * per_min / max(all_base or 0.0, c.min_baseline_per_min)
         new_states: dict[str, ScopeState] = {}
         signals: list[dict[str, Any]] = []
         for scope in sorted({*counts, *states}):
@@ -188,7 +190,7 @@ class SurgeDetector:
                         start.update(self.staffing_needed(rate, staffing.get(scope)))
                     signals.append(start)
                 if scope.startswith("tag:"):
-                    signals += self._incident(st, info, count, total, ratio)
+                    signals += self._incident(st, info, count, total, ratio, all_ratio)
             if not st.active and st.above == 0:
                 # learn only from ordinary windows: a surge must not become the baseline
                 st.baseline = rate if base is None else base + c.ewma_alpha * (rate - base)
@@ -197,7 +199,8 @@ class SurgeDetector:
         return new_states, signals
 
     def _incident(
-        self, st: ScopeState, info: dict[str, Any], count: float, total: float, ratio: float
+        self, st: ScopeState, info: dict[str, Any], count: float, total: float, ratio: float,
+        all_ratio: float,
     ) -> list[dict[str, Any]]:
         c = self.config
         tag = info["scope"].split(":", 1)[1]
@@ -206,8 +209,10 @@ class SurgeDetector:
         ):
             return []
         share = count / total if total else 0.0
+        # one tag floods: it also grows much faster than the rest (a busy hour raises
+        # every tag alike and is a surge, not an incident)
         burst = (share >= c.incident_tag_share and ratio >= c.incident_ratio
-                 and info["rate_per_min"] >= c.min_rate_per_min)
+                 and info["rate_per_min"] >= c.min_rate_per_min and ratio >= 2 * all_ratio)
         if burst and not st.incident:
             st.incident, st.incident_below = True, 0
             return [{"type": "incident", **info, "tag": tag, "share": round(share, 3)}]
