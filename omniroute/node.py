@@ -26,6 +26,7 @@ from .router.producer import EnvelopeProducer
 from .router.settings import Settings
 from .sla import SlaWorker
 from .sla.agent_api import install as install_agent_api
+from .sla.console import install as install_console
 
 __all__ = ["http_ingest", "run_worker", "serve"]
 
@@ -45,7 +46,7 @@ async def http_ingest(
         with contextlib.suppress(Exception):
             await producer.start()  # a broker that is down now is retried per request (503)
         ctx = HttpContext(settings, producer, AdapterMetrics(registry), redis)
-        app = build_http_app(ctx, [*channel_installers(), install_agent_api])
+        app = build_http_app(ctx, [*channel_installers(), install_agent_api, install_console])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
