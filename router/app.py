@@ -141,12 +141,24 @@ def create_worker_app(
     """Build (not start) the faust App of the router worker and its runtime."""
     registry = registry or CollectorRegistry()
     runtime = WorkerRuntime(settings, registry)
+    app_id = f"{settings.consumer_group}-worker"
+    # faust creates its data directory (empty: the store is in memory) but not its parent
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.consumer_group}-worker",
+        app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        # faust binds 0.0.0.0 unless told otherwise; web_host only names the URL
+        web_bind=settings.http_host,
         web_host=settings.http_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,
+        # our pages only: faust's own expose its tables, the cluster's URLs and stats
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        datadir=settings.worker_data_dir / f"{app_id}-data",
         topic_partitions=settings.topic_partitions,
         topic_allow_declare=True,
         store="memory://",

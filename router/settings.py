@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +30,6 @@ from pydantic_settings import (
 
 __all__ = [
     "AgentApiSettings",
-    "ConsoleSettings",
     "EmailSettings",
     "PhoneSettings",
     "Settings",
@@ -43,6 +43,12 @@ def default_config_dir() -> Path:
     # ``config/`` sits beside the packages: the repository's in a checkout,
     # ``omniroute/config`` in the wheel.
     return Path(__file__).resolve().parent.parent / "config"
+
+
+def default_worker_data_dir() -> Path:
+    """Where the router worker's runtime keeps its (empty: in-memory store) data folder."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"omniroute-{user}"
 
 
 class _Section(BaseModel):
@@ -170,22 +176,6 @@ class AgentApiSettings(_Section):
     max_slots: int = Field(default=50, ge=1, alias="OMNI_AGENT_MAX_SLOTS")
 
 
-class ConsoleSettings(_Section):
-    """The live operations console at ``/console`` (README, "Operations console").
-
-    It admits the agent tokens (``OMNI_AGENT_TOKENS``) and these viewer tokens, which
-    open the console only (a wall screen, a supervisor's laptop), never the agent API.
-    """
-
-    viewer_tokens: tuple[SecretStr, ...] = Field(default=(), alias="OMNI_CONSOLE_TOKENS")
-    push_s: float = Field(default=1.0, ge=0.2, le=60, alias="OMNI_CONSOLE_PUSH_S")
-    decisions: int = Field(default=12, ge=1, le=200, alias="OMNI_CONSOLE_DECISIONS")
-    # live-room figures are rates over this sliding window
-    room_window_s: float = Field(default=60.0, ge=5, le=3600, alias="OMNI_CONSOLE_ROOM_WINDOW_S")
-    # at-risk / breached counts scan every open SLA state: at most this often
-    sla_refresh_s: float = Field(default=5.0, ge=1, le=300, alias="OMNI_CONSOLE_SLA_REFRESH_S")
-
-
 class SlaServiceSettings(_Section):
     """The SLA worker process (docs/sla.md)."""
 
@@ -202,7 +192,6 @@ _SECTIONS: dict[str, type[_Section]] = {
     "email": EmailSettings,
     "phone": PhoneSettings,
     "agent_api": AgentApiSettings,
-    "console": ConsoleSettings,
     "sla": SlaServiceSettings,
 }
 
@@ -223,6 +212,9 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", alias="OMNI_HTTP_HOST")
     http_port: int = Field(8080, ge=0, le=65535, alias="OMNI_HTTP_PORT")
     worker_web_port: int = Field(6066, ge=0, le=65535, alias="OMNI_WORKER_WEB_PORT")
+    # The worker's data folder goes here, never into the directory it was started in.
+    worker_data_dir: Path = Field(default_factory=default_worker_data_dir,
+                                  alias="OMNI_WORKER_DATA_DIR")
     ingest_tokens: tuple[SecretStr, ...] = Field((), alias="OMNI_INGEST_TOKENS")
     ingest_hmac_secret: SecretStr | None = Field(None, alias="OMNI_INGEST_HMAC_SECRET")
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="OMNI_MAX_BODY_BYTES")
@@ -244,7 +236,6 @@ class Settings(BaseSettings):
     email: EmailSettings = _section(EmailSettings)
     phone: PhoneSettings = _section(PhoneSettings)
     agent_api: AgentApiSettings = _section(AgentApiSettings)
-    console: ConsoleSettings = _section(ConsoleSettings)
     sla: SlaServiceSettings = _section(SlaServiceSettings)
 
     #: The environment as read at start, for the variables that ``channels.yaml``
