@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 __all__ = [
     "AgentApiSettings",
+    "ConsoleSettings",
     "EmailSettings",
     "PhoneSettings",
     "Settings",
@@ -176,6 +177,22 @@ class AgentApiSettings(_Section):
     max_slots: int = Field(default=50, ge=1, alias="OMNI_AGENT_MAX_SLOTS")
 
 
+class ConsoleSettings(_Section):
+    """The live operations console at ``/console`` (README, "Operations console").
+
+    It admits the agent tokens (``OMNI_AGENT_TOKENS``) and these viewer tokens, which
+    open the console only (a wall screen, a supervisor's laptop), never the agent API.
+    """
+
+    viewer_tokens: tuple[SecretStr, ...] = Field(default=(), alias="OMNI_CONSOLE_TOKENS")
+    push_s: float = Field(default=1.0, ge=0.2, le=60, alias="OMNI_CONSOLE_PUSH_S")
+    decisions: int = Field(default=12, ge=1, le=200, alias="OMNI_CONSOLE_DECISIONS")
+    # live-room figures are rates over this sliding window
+    room_window_s: float = Field(default=60.0, ge=5, le=3600, alias="OMNI_CONSOLE_ROOM_WINDOW_S")
+    # at-risk / breached counts scan every open SLA state: at most this often
+    sla_refresh_s: float = Field(default=5.0, ge=1, le=300, alias="OMNI_CONSOLE_SLA_REFRESH_S")
+
+
 class SlaServiceSettings(_Section):
     """The SLA worker process (docs/sla.md)."""
 
@@ -192,6 +209,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "email": EmailSettings,
     "phone": PhoneSettings,
     "agent_api": AgentApiSettings,
+    "console": ConsoleSettings,
     "sla": SlaServiceSettings,
 }
 
@@ -236,6 +254,7 @@ class Settings(BaseSettings):
     email: EmailSettings = _section(EmailSettings)
     phone: PhoneSettings = _section(PhoneSettings)
     agent_api: AgentApiSettings = _section(AgentApiSettings)
+    console: ConsoleSettings = _section(ConsoleSettings)
     sla: SlaServiceSettings = _section(SlaServiceSettings)
 
     #: The environment as read at start, for the variables that ``channels.yaml``
