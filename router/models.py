@@ -61,11 +61,18 @@ SHOWN_CHARS: Final = 80  # a bad value is shown in an error cut to this many cha
 E = TypeVar("E", Channel, EntryKind)
 
 
-def message_id(channel: str, account: str, channel_msg_id: str) -> str:
-    """Stable envelope id: retries of the same channel message get the same id."""
-    digest = hashlib.blake2b(
-        f"{channel}\x1f{account}\x1f{channel_msg_id}".encode(), digest_size=12
-    ).hexdigest()
+def message_id(channel: str, account: str, channel_msg_id: str, *, source: str = "") -> str:
+    """Stable envelope id: retries of the same channel message get the same id.
+
+    ``source`` is the namespace of ids that a channel does not vouch for itself: the
+    generic API passes the identity of the credential that sent the message, so a
+    caller posting ``channel: "wechat"`` can never produce (and so suppress as a
+    replay) the id of a real WeChat message, nor of another caller's message.
+    """
+    name = f"{channel}\x1f{account}\x1f{channel_msg_id}"
+    if source:
+        name = f"{source}\x1e{name}"
+    digest = hashlib.blake2b(name.encode(), digest_size=12).hexdigest()
     return f"{channel}-{digest}"
 
 
