@@ -142,7 +142,7 @@ def _install_routes(
         return found
 
     def signed_in(location: str, token: str, request: web.Request) -> web.Response:
-        resp = web.HTTPSeeOther(location)
+        resp = web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
         resp.set_cookie(COOKIE, console_digest(token), max_age=COOKIE_MAX_AGE_S,
                         path="/console", httponly=True, samesite="Strict",
                         secure=request.secure)
@@ -199,7 +199,7 @@ def _install_routes(
         return login_page("令牌无效 Unknown token", 401)
 
     async def logout(_: web.Request) -> web.StreamResponse:
-        resp = web.HTTPSeeOther("/console")
+        resp = web.Response(status=303, headers={"Location": "/console"})
         resp.del_cookie(COOKIE, path="/console")
         return resp
 

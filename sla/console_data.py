@@ -319,9 +319,7 @@ class SnapshotBuilder:
 
     def _rooms(self, now_ms: int) -> list[dict[str, Any]]:
         window_s = self.console.room_window_s
-        c = self.sla.surge
-        # heat_per_viewer arrives with the forecast's configuration; 0 before it
-        per_viewer = float(getattr(c, "heat_per_viewer", 0.0))
+        c = self.sla.surge  # the SLA worker's heat weights
         totals: dict[str, list[int]] = {}
         for e in self.feed.room_events(now_ms - int(window_s * 1000)):
             t = totals.setdefault(e.room, [0, 0, 0, 0, 0])
@@ -333,7 +331,7 @@ class SnapshotBuilder:
         per_min = 60 / window_s
         out: list[dict[str, Any]] = []
         for room, (q, chat, gifts, likes, viewers) in totals.items():
-            heat = gifts * c.heat_per_gift + likes * c.heat_per_like + viewers * per_viewer
+            heat = gifts * c.heat_per_gift + likes * c.heat_per_like + viewers * c.heat_per_viewer
             out.append({
                 "room": room,
                 "questions_per_min": round(q * per_min, 1),
