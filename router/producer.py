@@ -54,6 +54,7 @@ class EnvelopeProducer(Lifecycle):
         self._producer: AIOKafkaProducer | None = None
         self.inbound_topic = settings.topic(topics.INBOUND)
         self.metrics = metrics
+        self._connecting: asyncio.Future[None] | None = None
 
     async def _start(self) -> None:
         """Connect to the broker (retried lazily by ``send_*`` if this fails)."""
@@ -113,10 +114,42 @@ class EnvelopeProducer(Lifecycle):
             [(e.conversation_id.encode(), e.to_json()) for e in self.mask(envelopes)],
         )
 
+    def _connect(self) -> asyncio.Future[None]:
+        """One connect attempt, shared by every sender that waits for it."""
+        task = self._connecting
+        if task is None or task.done():
+            task = self._connecting = asyncio.ensure_future(self.start())
+            task.add_done_callback(_retrieve)
+        return task
+
     async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce records and await every acknowledgement, or raise BrokerUnavailable."""
+        """Produce records and await every acknowledgement, or raise BrokerUnavailable.
+
+        One deadline, ``produce_timeout_s``, covers the whole call: waiting for the
+        connection (a connect in progress goes on in the background past it), then
+        metadata, queueing and every acknowledgement. A timeout does not mean the
+        records are not written: the producer may still deliver them, which is why
+        the channels retry with the same message id and the dedupe drops repeats.
+        """
         if not records:
             return
+        timeout_s = self._settings.produce_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self._producer is None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._connect()), timeout_s)
+            except TimeoutError as exc:
+                raise BrokerUnavailable(
+                    f"Kafka at {self._settings.kafka_bootstrap} did not answer within "
+                    f"{timeout_s:g} s; retry later"
+                ) from exc
         await kafka.send_acked(
-            await self._started(), topic, records, self._settings.produce_timeout_s
+            await self._started(), topic, records, max(deadline - loop.time(), 0.0)
         )
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A connect nobody waits for any more must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()
