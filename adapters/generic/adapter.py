@@ -11,7 +11,7 @@ from ...router.exceptions import BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, read_limited
 from .config import PATH
 from .parse import parse_body
-from .verify import verify_request
+from .verify import ReplayGuard, verify_request
 
 __all__ = ["install"]
 
@@ -21,6 +21,7 @@ CHANNEL_LABEL = "api"
 
 def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``POST /v1/messages`` to the adapters' app."""
+    replays = ReplayGuard(ctx.redis, ctx.keys, ctx.settings.hmac_window_s)
 
     async def ingest(request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -28,8 +29,10 @@ def install(app: web.Application, ctx: HttpContext) -> None:
         m.requests.labels(CHANNEL_LABEL, "-").inc()
         try:
             body = await read_limited(request, ctx.settings.max_body_bytes)
-            verify_request(request.headers, body, ctx.settings, ctx.clock.now())
-            envelopes = parse_body(body, ctx.now_ms(), ctx.settings.max_batch_messages)
+            cred = verify_request(request.headers, body, ctx.settings, ctx.clock.now())
+            envelopes = parse_body(body, ctx.now_ms(), ctx.settings.max_batch_messages,
+                                   cred.source)
+            await replays.claim(cred, ctx.clock.now())  # a signature is accepted once
         except RequestRejected as exc:
             m.rejected.labels(CHANNEL_LABEL, "-", exc.reason).inc()
             return web.json_response(
@@ -38,6 +41,7 @@ def install(app: web.Application, ctx: HttpContext) -> None:
         try:
             await ctx.sink.send_envelopes(envelopes)
         except BrokerUnavailable as exc:
+            await replays.release(cred)  # not accepted: the same signed retry may come
             m.rejected.labels(CHANNEL_LABEL, "-", "broker_unavailable").inc()
             log.warning("ingest: %s", exc)
             return web.json_response(

@@ -70,10 +70,15 @@ class IngestMessage(BaseModel):
     hints: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=16)
     sent_at_ms: int | None = Field(None, ge=0)
 
-    def to_envelope(self, received_at_ms: int) -> Envelope:
-        """The canonical envelope for this message (PII masking happens after)."""
+    def to_envelope(self, received_at_ms: int, source: str = "") -> Envelope:
+        """The canonical envelope for this message (the producer masks PII).
+
+        ``source`` (the sending credential, ``Credential.source``) is the namespace of
+        the id and is recorded in ``meta["source"]``: a caller's ``channel_msg_id``
+        never collides with a channel's own message ids, nor with another caller's.
+        """
         return Envelope(
-            id=message_id(self.channel, self.account, self.channel_msg_id),
+            id=message_id(self.channel, self.account, self.channel_msg_id, source=source),
             channel=self.channel,
             account=self.account,
             channel_msg_id=self.channel_msg_id,
@@ -88,11 +93,15 @@ class IngestMessage(BaseModel):
             entry=Entry(self.entry.kind, self.entry.id) if self.entry else None,
             order=Order(self.order.id, self.order.amount) if self.order else None,
             hints=tuple(self.hints),
+            meta={"source": source} if source else {},
         )
 
 
-def parse_body(body: bytes, received_at_ms: int, max_messages: int) -> list[Envelope]:
-    """Parse one message, a JSON array of messages, or ``{"messages": [...]}``."""
+def parse_body(
+    body: bytes, received_at_ms: int, max_messages: int, source: str = ""
+) -> list[Envelope]:
+    """Parse one message, a JSON array of messages, or ``{"messages": [...]}``; ids in
+    the namespace ``source`` (see ``IngestMessage.to_envelope``)."""
     if not body:
         raise BadRequest("empty body: send a JSON message object or {\"messages\": [...]}",
                          reason="empty")
@@ -126,5 +135,5 @@ def parse_body(body: bytes, received_at_ms: int, max_messages: int) -> list[Enve
             ) from None
         if not msg.text.strip() and not msg.attachments:
             raise BadRequest(f"{prefix}text: empty text and no attachments", reason="invalid")
-        envelopes.append(msg.to_envelope(received_at_ms))
+        envelopes.append(msg.to_envelope(received_at_ms, source))
     return envelopes
