@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from .exceptions import PayloadTooLarge
 from .keys import Keys
 from .metrics import AdapterMetrics
-from .producer import EnvelopeSink
+from .producer import EnvelopeProducer, EnvelopeSink
 from .settings import Settings
 
 __all__ = [
@@ -64,6 +64,8 @@ class HttpContext:
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.settings.redis_prefix)
+        if isinstance(self.sink, EnvelopeProducer) and self.sink.metrics is None:
+            self.sink.metrics = self.metrics  # values masked at the producer are counted here
 
     def now_ms(self) -> int:
         """Current wall time in milliseconds."""
