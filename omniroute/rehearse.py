@@ -21,6 +21,7 @@ Outputs: a JSON-lines timeline, a PNG chart (matplotlib, ``pip install
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -199,6 +200,12 @@ def _sla_config(scenario: Scenario, config_dir: Path) -> SlaConfig:
         raise ConfigError(f"scenario {scenario.name}: sla.{where}: {first['msg']}") from None
 
 
+@functools.lru_cache(maxsize=4)
+def _pipeline(directory: Path) -> Pipeline:
+    """The decision pipeline of a configuration directory (loaded once per process)."""
+    return Pipeline(load_config(directory))
+
+
 def _level(profile: Sequence[Point], t: float) -> float:
     """The profile's multiplier at ``t`` (linear between points; two points at one
     instant make a step)."""
@@ -267,7 +274,7 @@ class Rehearsal:
         self.scenario = scenario
         directory = config_dir or default_config_dir()
         self.sla = _sla_config(scenario, directory)
-        self.pipeline = Pipeline(load_config(directory))
+        self.pipeline = _pipeline(directory)
         self.engine = SlaEngine(self.sla)
         self.t0 = scenario.start_ms
         rng = random.Random(scenario.seed)  # noqa: S311 - a seeded simulation, not crypto
