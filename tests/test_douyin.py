@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -20,7 +21,7 @@ from omniroute.adapters.douyin import make_installer as douyin_installer
 from omniroute.router import topics
 from omniroute.router.models import Channel, EntryKind, Envelope
 from omniroute.router.producer import EnvelopeProducer
-from omniroute.router.settings import Settings
+from omniroute.router.settings import Settings, default_config_dir
 from tests.test_wechat import Edge, consume, edge, envelopes
 
 pytestmark = pytest.mark.integration
@@ -111,10 +112,11 @@ async def test_comments_routed_and_chatter_kept(douyin: Edge, topics_ready: Sett
         comment("c5", "主播穿的这件外套是什么面料的", viewer="sec_v5"),
         comment("c6", "主播穿的这件外套是什么面料的", viewer="sec_v5"),  # repeat, new msg_id
         comment("c7", "好的", viewer="sec_v6"),
+        comment("c8", "主播好美", viewer="sec_v7"),  # issue 11, item 13: was routed
     ]
     status, body = await push(douyin, items)
     assert status == 200
-    assert body == {"err_no": 0, "err_msg": "success", "accepted": 3, "chatter": 4,
+    assert body == {"err_no": 0, "err_msg": "success", "accepted": 3, "chatter": 5,
                     "signals": 0, "duplicates": 0}
     routed = envelopes(await consume(topics_ready, topics.INBOUND, until=3))
     assert sorted(e.channel_msg_id for e in routed) == ["c1", "c4", "c5"]
@@ -127,11 +129,12 @@ async def test_comments_routed_and_chatter_kept(douyin: Edge, topics_ready: Sett
     assert c4.conversation_id == "livestream:7300001:sec_v4"
     assert c4.text == "我要退款，电话138****5678"
     assert c4.meta["pii_masked_phone"] == 1
-    chatter = envelopes(await consume(topics_ready, topics.CHATTER, until=4))
+    chatter = envelopes(await consume(topics_ready, topics.CHATTER, until=5))
     assert {e.channel_msg_id: e.meta["chatter_rule"] for e in chatter} == {
-        "c2": "cheer", "c3": "emoji_only", "c6": "repeat", "c7": "too_short"}
-    for rule in ("cheer", "emoji_only", "repeat", "too_short"):
+        "c2": "cheer", "c3": "emoji_only", "c6": "repeat", "c7": "too_short", "c8": "cheer"}
+    for rule in ("emoji_only", "repeat", "too_short"):
         assert douyin.value("omni_adapter_filtered_total", channel="livestream", rule=rule) == 1
+    assert douyin.value("omni_adapter_filtered_total", channel="livestream", rule="cheer") == 2
     assert douyin.value("omni_adapter_accepted_total", channel="livestream",
                         account="7300001") == 3
 
@@ -282,6 +285,56 @@ def test_chatter_rules() -> None:
     assert rules.classify("v", "尺码偏大还是偏小呢", "b", now + 2) == "repeat"
     assert rules.classify("v", "尺码偏大还是偏小呢", "c", now + 100) is None  # window over
     assert rules.classify("w", "尺码偏大还是偏小呢", "d", now + 100) is None  # other viewer
+
+
+# Issue 11, item 13: compliments to the host and cheering are chatter (rule "cheer") ...
+HOST_PRAISE_AND_CHEERS = (
+    "主播好美", "主播好美！！！", "好美啊主播", "主播今天好漂亮", "主播声音真好听",
+    "小姐姐太可爱了吧", "主播你真的好美啊啊啊", "美女主播好漂亮", "主播的皮肤真好", "主播人真好",
+    "主播讲得很专业", "主播好帅", "哈哈主播好可爱", "主播这么美", "主播越来越漂亮了", "姐姐好温柔",
+    "太好看了吧", "主播辛苦了", "主播辛苦啦！", "加油主播", "主播加油💪", "支持主播",
+    "好喜欢主播", "主播我爱你", "爱了爱了", "主播晚上好", "大家晚上好", "来了来了 主播好美",
+    "宝子们冲", "么么哒", "比心[比心]", "666主播", "主播yyds", "主播好美，加油！",
+    "so beautiful", "Amazing!!",
+)
+# ... while questions, complaints, purchase intent and praise of a product reach agents.
+QUESTIONS_AND_COMPLAINTS = (
+    "主播好美，但是发货太慢了", "主播今天的衣服真好看", "衣服好看想买", "主播不专业",
+    "一点都不专业", "主播太不专业了", "主播好凶", "主播好敷衍啊", "主播骗人", "太贵了吧这个",
+    "主播你好，我的快递到了吗", "我要退货", "这个口红是什么色号", "主播好美，链接在哪",
+    "主播好美求链接", "主播这么美用的什么护肤品", "主播怎么不回复我", "能便宜点吗主播",
+    "主播好美，能不能发个优惠券", "收到的衣服有破洞", "主播说的赠品没有收到", "上次买的用了过敏",
+    "主播好美 but the parcel never came",
+)
+
+
+def shipped_chatter_config() -> ChatterConfig:
+    data = yaml.safe_load((default_config_dir() / "channels.yaml").read_text(encoding="utf-8"))
+    return load_section(DouyinConfig, data).chatter
+
+
+@pytest.mark.parametrize("source", ["defaults", "channels.yaml"])
+def test_compliments_to_the_host_and_cheers_are_chatter(source: str) -> None:
+    config = ChatterConfig.model_validate({}) if source == "defaults" else shipped_chatter_config()
+    rules = ChatterRules(config)
+    wrong = {
+        text: rules.classify(f"viewer{i}", text, f"m{i}", 0.0)
+        for i, text in enumerate(HOST_PRAISE_AND_CHEERS)
+    }
+    assert {t: r for t, r in wrong.items() if r != "cheer"} == {}
+    routed = {
+        text: rules.classify(f"asker{i}", text, f"q{i}", 0.0)
+        for i, text in enumerate(QUESTIONS_AND_COMPLAINTS)
+    }
+    assert {t: r for t, r in routed.items() if r is not None} == {}
+
+
+def test_the_host_s_nickname_makes_a_compliment() -> None:
+    default = ChatterRules(ChatterConfig.model_validate({}))
+    assert default.classify("v", "琦琦今天好美", "m1", 0.0) is None
+    named = ChatterRules(ChatterConfig.model_validate({"hosts": ["主播", "琦琦"]}))
+    assert named.classify("v", "琦琦今天好美", "m1", 0.0) == "cheer"
+    assert named.classify("v", "琦琦，发货太慢了", "m2", 0.0) is None
 
 
 def test_repeat_memory_is_bounded() -> None:

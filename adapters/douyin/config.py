@@ -49,9 +49,24 @@ class ChatterConfig(BaseModel):
     repeat_window_s: float = Field(60.0, ge=0)  # same viewer + same text within -> chatter
     repeat_cache_size: int = Field(100_000, ge=0)  # remembered (viewer, text) pairs per process
     cheers: tuple[str, ...] = ("666", "赞", "好", "哈哈", "来了", "打卡", "扣1", "冲", "主播好",
-                               "支持", "加油", "nb", "yyds")
+                               "支持", "加油", "nb", "yyds", "辛苦了", "辛苦啦", "爱了", "比心",
+                               "笔芯", "么么哒", "绝了", "绝绝子", "顶", "捧场", "关注了",
+                               "已关注", "点赞", "晚上好", "早上好", "下午好", "中午好", "晚安",
+                               "早安", "你好", "大家好", "好评", "牛哇", "真棒", "棒棒哒")
     keep_keywords: tuple[str, ...] = ("退款", "退货", "投诉", "发货", "物流", "链接", "尺码",
                                       "价格", "优惠", "客服", "质量", "假货", "12315", "报警")
+    # How viewers address the host (add the host's nickname): "主播好美", "加油小姐姐".
+    hosts: tuple[str, ...] = ("主播", "主持人", "小姐姐", "小哥哥", "姐姐", "哥哥", "妹妹",
+                              "弟弟", "宝宝", "宝子", "宝贝", "美女", "帅哥", "老师", "老板",
+                              "你", "您", "你们", "大家", "家人们", "姐妹们", "兄弟们")
+    # Praise of the host's person, never of a product (no 好用, 便宜, 衣服好看 ...).
+    praise: tuple[str, ...] = ("美", "漂亮", "好看", "美丽", "美美哒", "帅", "可爱", "温柔",
+                               "有气质", "仙", "飒", "酷", "靓", "瘦", "年轻",
+                               "好听", "动听", "棒", "厉害", "专业", "优秀", "牛", "有才",
+                               "有趣", "幽默", "搞笑", "耐心", "敬业", "用心", "认真", "真诚",
+                               "有魅力", "迷人", "养眼", "会说话", "会聊天", "好", "赞",
+                               "beautiful", "pretty", "cute", "nice", "cool", "gorgeous",
+                               "amazing", "awesome", "handsome")
 
 
 class DouyinConfig(ChannelSection):
