@@ -1,14 +1,32 @@
 """Redis key layout. Every key starts with ``Settings.redis_prefix`` (default ``omni``).
 
-Keys that belong together carry a hash tag (``{...}``) so that the layout can be
-split per hash slot on Redis Cluster.
+Keys carry hash tags (``{...}``) chosen so that every script of the router touches
+one hash slot on Redis Cluster:
+
+* ``{q}``: every group queue, the groups set and the enqueue marks share one slot,
+  so one script can enqueue a whole batch and a move between two queues is atomic;
+* ``{r:X}`` with X one of 16 routing buckets (the first hex digit of the SHA-1 of
+  the message, conversation or customer id; Lua computes the same with
+  ``redis.sha1hex``): message records, conversation state and contact history. A
+  batch is split per bucket, one script call per bucket, run concurrently;
+* ``{sla}``, ``{surge}``: the SLA timers and the surge detector, one slot each.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["Keys"]
+__all__ = ["BUCKETS", "Keys", "bucket_of"]
+
+BUCKETS: Final = 16  # routing buckets (hash tags {r:0} .. {r:f}); part of the key layout
+
+
+def bucket_of(ident: str) -> str:
+    """The routing bucket of an id: the first hex digit of its SHA-1 (Lua:
+    ``string.sub(redis.sha1hex(id), 1, 1)``)."""
+    return hashlib.sha1(ident.encode(), usedforsecurity=False).hexdigest()[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +38,21 @@ class Keys:
     def queue(self, group: str) -> str:
         """Sorted set: the work queue of a skill group; member = message id,
         score = band * 1e13 + received_at ms (lowest first = most urgent, then oldest)."""
-        return f"{self.prefix}:{{g:{group}}}:queue"
+        return f"{self.prefix}:{{q}}:queue:{group}"
+
+    def enqueued(self) -> str:
+        """Sorted set (Redis Cluster only): message id -> ms, marks of enqueues whose message
+        record is not yet settled; a replay finds the mark and does not enqueue again."""
+        return f"{self.prefix}:{{q}}:enq"
+
+    def bucket_tag(self, bucket: str) -> str:
+        """The key prefix of one routing bucket (``omni:{r:X}``)."""
+        return f"{self.prefix}:{{r:{bucket}}}"
 
     def decision(self, message_id: str) -> str:
         """Hash: the one decision taken for a message (fields ``group``, ``decision``).
         Its existence is the router's dedupe record: written once, with the enqueue."""
-        return f"{self.prefix}:msg:{{{message_id}}}"
+        return f"{self.prefix}:{{r:{bucket_of(message_id)}}}:msg:{message_id}"
 
     def customer_tiers(self) -> str:
         """Hash: customer id -> declared tier (``vip``, ``gold``, ``normal`` ...)."""
@@ -33,15 +60,15 @@ class Keys:
 
     def contacts(self, customer_id: str) -> str:
         """Sorted set: a customer's recent contact timestamps (ms) for repeat detection."""
-        return f"{self.prefix}:contacts:{{{customer_id}}}"
+        return f"{self.prefix}:{{r:{bucket_of(customer_id)}}}:contacts:{customer_id}"
 
     def groups(self) -> str:
         """Set: skill groups that have ever had a queue (for the queue gauges)."""
-        return f"{self.prefix}:groups"
+        return f"{self.prefix}:{{q}}:groups"
 
     def conversation(self, conversation_id: str) -> str:
         """Hash: conversation state (last group, last agent, last decided ms)."""
-        return f"{self.prefix}:conv:{{{conversation_id}}}"
+        return f"{self.prefix}:{{r:{bucket_of(conversation_id)}}}:conv:{conversation_id}"
 
     def adapter_dedupe(self, channel: str, channel_msg_id: str) -> str:
         """String with TTL: an adapter has already produced this channel message."""
@@ -51,6 +78,12 @@ class Keys:
         """String with TTL: a signed ``POST /v1/messages`` request already seen (its
         ``X-Omni-Signature`` hex), kept while its timestamp is inside the window."""
         return f"{self.prefix}:sig:{{{signature}}}"
+
+    def relax_outbox(self) -> str:
+        """Hash: relaxations' system ``transfer`` events not yet on omni.agent-events
+        (field ``<at ms>:<message id>:<to group>``, value the event JSON); written by the
+        move's script, deleted once the broker acknowledged the event."""
+        return f"{self.prefix}:{{q}}:relax-outbox"
 
     # --- agents and SLA (agent API, sla/) --------------------------------------
     def agents(self) -> str:

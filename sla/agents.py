@@ -14,8 +14,10 @@ assigned twice. A queued follow-up message of a conversation another agent holds
 is attached to that agent (first-contact ownership) and the script looks further.
 
 The script derives the decision, assignment and conversation keys of the popped
-message from the key prefix (they are not known before the pop), so like the
-router's enqueue script it targets a standalone Redis or a Sentinel primary.
+message from the key prefix (they are not known before the pop; the routing bucket
+of a key is ``redis.sha1hex``, as in ``router.keys.bucket_of``), so unlike the
+router's scripts it spans hash slots: it targets a standalone Redis or a Sentinel
+primary, not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ for _ = 1, 20 do
   local popped = redis.call('ZPOPMIN', KEYS[best])
   local mid, score = popped[1], popped[2]
   local group = ARGV[best + 1]
-  local decision = redis.call('HGET', prefix .. ':msg:{' .. mid .. '}', 'decision')
+  local decision = redis.call('HGET', prefix .. ':{r:' .. string.sub(redis.sha1hex(mid), 1, 1)
+                              .. '}:msg:' .. mid, 'decision')
   local conv = mid
   if decision then
     local ok, d = pcall(cjson.decode, decision)
@@ -78,7 +81,8 @@ for _ = 1, 20 do
     redis.call('HSET', akey, 'agent', agent, 'group', group, 'message_id', mid,
                'score', score, 'state', held and owner[2] or 'claimed', 'at_ms', now)
     redis.call('PERSIST', akey)
-    redis.call('HSET', prefix .. ':conv:{' .. conv .. '}', 'agent', agent)
+    redis.call('HSET', prefix .. ':{r:' .. string.sub(redis.sha1hex(conv), 1, 1) .. '}:conv:'
+               .. conv, 'agent', agent)
     return {'ok', mid, conv, group, score, decision or ''}
   end
 end
