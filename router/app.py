@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -23,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import kafka, topics
-from .events import AgentEvent
+from .exceptions import BrokerUnavailable
 from .http import Readiness, metrics_body
 from .keys import Keys
 from .metrics import RouterMetrics
@@ -107,31 +108,29 @@ class WorkerRuntime:
             try:
                 await self.router.refresh_stats()
                 await self.relax(int(time.time() * 1000))
-            except (RedisError, KafkaError, OSError) as exc:
-                log.warning("queue stats / relaxation: %r", exc)
+            except (RedisError, KafkaError, OSError, BrokerUnavailable) as exc:
+                log.warning("queue stats / relaxation (retried next tick): %r", exc)
 
     async def relax(self, now_ms: int) -> list[Move]:
         """Move messages waiting past their rule's ``relax_after_s``; tell the SLA worker.
 
         Each move is published on omni.agent-events as a system ``transfer``, so the
-        SLA state follows the message to its new group (policy re-evaluated).
+        SLA state follows the message to its new group (policy re-evaluated). The move's
+        script puts the event in an outbox; the outbox is published here, this tick's
+        events and any an earlier tick could not publish (broker down).
+
+        Raises:
+            BrokerUnavailable: the events stay in the outbox for the next tick.
         """
         moves = await self.relaxer.run_once(self.holder().config.routing.rules, now_ms)
-        events = [
-            AgentEvent(
-                type="transfer", conversation_id=m.conversation_id, agent_id="system:relax",
-                at_ms=now_ms, group=m.from_group, to_group=m.to_group,
-                message_id=m.message_id,
-                reason=f"waited {m.waited_s:.0f} s past rule {m.rule_id}'s relax_after_s",
-            )
-            for m in moves if m.conversation_id
-        ]
-        await self.router.publish(
-            self.settings.topic(topics.AGENT_EVENTS),
-            [(e.conversation_id.encode(), e.to_json()) for e in events],
-        )
         for move in moves:
             self.metrics.relaxations.labels(move.from_group, move.to_group).inc()
+        topic = self.settings.topic(topics.AGENT_EVENTS)
+
+        async def publish(records: Sequence[tuple[bytes, bytes]]) -> None:
+            await self.router.publish(topic, records)
+
+        await self.relaxer.flush(publish)
         return moves
 
 

@@ -5,11 +5,20 @@ that still waits in its group's queue after T seconds moves to B; after 2T to C.
 Any worker may run the scan: each move is one atomic script that checks the
 message is still waiting in the expected group, so a message is moved once and
 a message an agent already claimed is never put back.
+
+The SLA worker learns of a move from a system ``transfer`` event on
+omni.agent-events. The move and its event never part ways: the same script that
+moves the message records the event in an outbox (a Redis hash), and
+:meth:`Relaxer.flush` publishes what the outbox holds and deletes each event only
+once the broker has acknowledged it. An event whose publication fails (broker
+down) stays for the next tick; a duplicate after a retry is harmless, because a
+transfer to the group the SLA state is already in changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -17,6 +26,7 @@ import orjson
 from redis.asyncio import Redis
 
 from ..skills.rules import Rule
+from .events import AgentEvent
 from .keys import Keys
 from .models import Band
 from .queues import BAND_SPAN
@@ -25,16 +35,20 @@ __all__ = ["Move", "Relaxer"]
 
 log = logging.getLogger(__name__)
 SCAN_LIMIT: Final = 500  # candidates per group and band per scan
+FLUSH_BATCH: Final = 500  # outbox events per acknowledged send
+RELAX_AGENT: Final = "system:relax"  # agent_id of the transfer events
 
 _MOVE_LUA: Final = """
--- KEYS[1] = from queue, KEYS[2] = to queue, KEYS[3] = decision hash
--- ARGV[1] = message id, ARGV[2] = from group, ARGV[3] = to group, ARGV[4] = note
+-- KEYS[1] = from queue, KEYS[2] = to queue, KEYS[3] = decision hash, KEYS[4] = outbox
+-- ARGV[1] = message id, ARGV[2] = from group, ARGV[3] = to group, ARGV[4] = note,
+-- ARGV[5] = outbox field ('' = no event: no conversation), ARGV[6] = the event JSON
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 0 end
 if redis.call('HGET', KEYS[3], 'group') ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], score, ARGV[1])
 redis.call('HSET', KEYS[3], 'group', ARGV[3], 'relaxed', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[5], ARGV[6]) end
 return 1
 """
 
@@ -51,8 +65,12 @@ class Move:
     waited_s: float
 
 
+Publish = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]]
+
+
 class Relaxer:
-    """Scans queues for messages past their rule's relaxation timeout and moves them."""
+    """Scans queues for messages past their rule's relaxation timeout and moves them;
+    each move's ``transfer`` event goes to the outbox in the same script."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
@@ -60,7 +78,8 @@ class Relaxer:
         self._move = redis.register_script(_MOVE_LUA)
 
     async def run_once(self, rules: tuple[Rule, ...], now_ms: int) -> list[Move]:
-        """One scan over every relaxing rule; returns the moves made."""
+        """One scan over every relaxing rule; returns the moves made (their events are
+        in the outbox: publish them with :meth:`flush`)."""
         moves: list[Move] = []
         for rule in rules:
             if rule.relax_after_s is None or not rule.fallbacks:
@@ -98,13 +117,56 @@ class Relaxer:
                 continue  # routed by another rule (or expired): not this rule's to relax
             waited_s = (now_ms - score % BAND_SPAN) / 1000
             note = f"relaxed after {waited_s:.0f} s: {group} -> {to_group} (rule {rule.id})"
+            conversation_id = str(decided.get("conversation_id", ""))
+            field, event = "", b""
+            if conversation_id:
+                field = f"{now_ms:013d}:{message_id}:{to_group}"
+                event = AgentEvent(
+                    type="transfer", conversation_id=conversation_id, agent_id=RELAX_AGENT,
+                    at_ms=now_ms, group=group, to_group=to_group, message_id=message_id,
+                    reason=f"waited {waited_s:.0f} s past rule {rule.id}'s relax_after_s",
+                ).to_json()
             moved = await self._move(
-                keys=[queue, self.keys.queue(to_group), dkey],
-                args=[message_id, group, to_group, note],
+                keys=[queue, self.keys.queue(to_group), dkey, self.keys.relax_outbox()],
+                args=[message_id, group, to_group, note, field, event],
             )
             if moved == 1:
                 await self.redis.sadd(self.keys.groups(), to_group)
-                moves.append(Move(message_id, str(decided.get("conversation_id", "")), rule.id,
+                moves.append(Move(message_id, conversation_id, rule.id,
                                   group, to_group, waited_s))
                 log.info("%s %s", message_id, note)
         return moves
+
+    async def pending(self) -> int:
+        """Transfer events in the outbox, not yet acknowledged by the broker."""
+        return int(await self.redis.hlen(self.keys.relax_outbox()))
+
+    async def flush(self, publish: Publish) -> int:
+        """Publish the outbox's events, oldest first, deleting each batch once acknowledged.
+
+        Args:
+            publish: Sends (key, value) records to omni.agent-events and returns only
+                after every acknowledgement (raises otherwise).
+
+        Returns:
+            The number of events published. If ``publish`` raises, the events not yet
+            acknowledged stay in the outbox for the next call, and the error propagates.
+        """
+        outbox = self.keys.relax_outbox()
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(outbox))
+        fields = sorted(raw)  # "<at ms>:...": the order the moves were made
+        done = 0
+        for i in range(0, len(fields), FLUSH_BATCH):
+            chunk = fields[i : i + FLUSH_BATCH]
+            records = []
+            for f in chunk:
+                try:
+                    event = AgentEvent.from_json(raw[f])
+                except ValueError as exc:  # InvalidRecord: written by hand, never by us
+                    log.error("relax outbox: dropping unreadable event %r (%s)", f, exc)
+                    continue
+                records.append((event.conversation_id.encode(), raw[f]))
+            await publish(records)
+            await self.redis.hdel(outbox, *chunk)
+            done += len(chunk)
+        return done
