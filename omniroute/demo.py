@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import statistics
 import subprocess
@@ -43,11 +44,14 @@ __all__ = ["run_demo"]
 
 BATCH = 20
 DEMO_TOKEN = "demo-token"  # noqa: S105 - a local, loopback-only demo credential
+DEMO_AGENT_TOKEN = "demo-agent-token"  # noqa: S105 - the agent API's, same
 console = Console()
 
 
 @contextlib.contextmanager
-def _child(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _child(
+    settings: Settings, log_path: Path, viewer_token: str
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -58,6 +62,8 @@ def _child(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byte
         "OMNI_HTTP_PORT": str(settings.http_port),
         "OMNI_WORKER_WEB_PORT": str(settings.worker_web_port),
         "OMNI_INGEST_TOKENS": orjson.dumps([DEMO_TOKEN]).decode(),
+        "OMNI_AGENT_TOKENS": orjson.dumps([DEMO_AGENT_TOKEN]).decode(),
+        "OMNI_CONSOLE_TOKENS": orjson.dumps([viewer_token]).decode(),
         "OMNI_FAST_REBALANCE": "1",
         "OMNI_CONFIG_DIR": str(settings.config_dir),
     }
@@ -206,7 +212,8 @@ async def _demo(settings: Settings, n: int, keep_running: bool, workdir: Path) -
     await import_tiers(settings, tiers)
     log = workdir / "omniroute-run.log"
     base = f"http://127.0.0.1:{settings.http_port}"
-    with _child(settings, log) as proc:
+    viewer_token = secrets.token_urlsafe(12)  # a fresh console token per run
+    with _child(settings, log, viewer_token) as proc:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             with console.status("starting the router worker and the HTTP ingest ..."):
                 await _wait_ready(session, [f"{base}/readyz",
@@ -221,8 +228,16 @@ async def _demo(settings: Settings, n: int, keep_running: bool, workdir: Path) -
         console.print(f"\n{len(decisions)} messages ingested and routed in {elapsed:.1f} s\n")
         _summary(decisions, settings)
         if keep_running:
-            console.print(f"\nstill running: ingest {base}/v1/messages (token {DEMO_TOKEN}), "
-                          f"metrics {base}/metrics; Ctrl-C to stop")
+            console.print(
+                f"\nstill running; Ctrl-C to stop\n"
+                f"  console   {base}/console?token={viewer_token}  (viewer token {viewer_token})\n"
+                f"  ingest    {base}/v1/messages  (token {DEMO_TOKEN})\n"
+                f"  agent API {base}/v1/queues  (token {DEMO_AGENT_TOKEN})\n"
+                f"  metrics   {base}/metrics and "
+                f"http://127.0.0.1:{settings.worker_web_port}/metrics\n"
+                f"  redis     {settings.redis_url} (keys {settings.redis_prefix}:*, kept)",
+                highlight=False, soft_wrap=True,
+            )
             with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
                 while proc.poll() is None:
                     await asyncio.sleep(1)

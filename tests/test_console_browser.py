@@ -1,0 +1,343 @@
+"""The console in a real browser: Debian's headless Chromium against a running demo.
+
+``omniroute demo --keep-running`` is started as a user would start it; the test reads
+the console URL and token it prints, registers two agents through the agent API,
+opens the console in Chromium (driven over the DevTools protocol with aiohttp's
+websocket client) and checks the figures on the page against ``GET /v1/queues`` and
+``GET /console/api/snapshot``. It keeps a screenshot (docs/console.png, the README's)
+and checks the page fits a laptop and a wall screen without sideways scrolling.
+Everything it starts is stopped; it touches only loopback. Under ``CI=true`` a
+missing Chromium fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "console.png"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--hide-scrollbars", "--lang=zh-CN",
+)
+_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def chromium_binary() -> str:
+    """Debian's chromium; skip without it, fail under CI=true."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    message = "chromium not installed (Debian package 'chromium'; .ci/run installs it)"
+    if _CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# --- the demo ---------------------------------------------------------------------------
+class Demo:
+    """``omniroute demo --keep-running`` in its own process group."""
+
+    def __init__(self, workdir: Path, redis_url: str) -> None:
+        self.workdir = workdir
+        self.log = workdir / "demo.out"
+        self.redis_url = redis_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, str] = {}
+
+    def start(self, messages: int = 60, timeout_s: float = 150.0) -> None:
+        env = {**os.environ, "REDIS_URL": self.redis_url, "COLUMNS": "250",
+               "NO_COLOR": "1", "TERM": "dumb"}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "omniroute", "demo", "--messages", str(messages),
+                 "--keep-running"],
+                cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while "redis" not in self.info:
+            text = self.log.read_text(errors="replace")
+            self.info = parse_demo_output(text)
+            if self.proc.poll() is not None:
+                pytest.fail(f"the demo exited {self.proc.returncode}:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the demo printed no console URL in {timeout_s:.0f} s:\n"
+                            f"{text[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user stops it; then its Redis keys (it keeps them on purpose)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        prefix = self.info.get("prefix")
+        if prefix:
+            client = redis.Redis.from_url(self.info["redis"])
+            try:
+                for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                    client.delete(key)
+            finally:
+                client.close()
+
+
+def parse_demo_output(text: str) -> dict[str, str]:
+    """The URLs and tokens ``demo --keep-running`` prints."""
+    out: dict[str, str] = {}
+    m = re.search(r"console\s+(http://127\.0\.0\.1:\d+)/console\?token=(\S+)\s+"
+                  r"\(viewer token (\S+)\)", text)
+    if m:
+        out.update(base=m.group(1), viewer=m.group(2))
+        assert m.group(2) == m.group(3)
+    m = re.search(r"agent API\s+\S+\s+\(token (\S+)\)", text)
+    if m:
+        out["agent"] = m.group(1)
+    m = re.search(r"metrics\s+(\S+)/metrics and (\S+)/metrics", text)
+    if m:
+        out.update(metrics_http=m.group(1), metrics_worker=m.group(2))
+    m = re.search(r"redis\s+(\S+) \(keys (\S+):\*", text)
+    if m:
+        out.update(redis=m.group(1), prefix=m.group(2))
+    return out
+
+
+@contextlib.contextmanager
+def running_demo(tmp_path: Path, redis_url: str, messages: int = 60) -> Iterator[Demo]:
+    """A demo with its stack up; stopped (and its keys deleted) on exit."""
+    demo = Demo(tmp_path, redis_url)
+    try:
+        demo.start(messages)
+        yield demo
+    finally:
+        demo.stop()
+
+
+# --- Chromium over the DevTools protocol ------------------------------------------------
+class Page:
+    """One page target, driven over its DevTools websocket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        n = next(self.ids)
+        await self.ws.send_json({"id": n, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 30)
+            if msg.get("id") == n:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                result: dict[str, Any] = msg.get("result", {})
+                return result
+
+    async def eval(self, expression: str) -> Any:
+        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                              awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise AssertionError(f"page script failed: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    async def until(self, expression: str, timeout_s: float = 20.0) -> Any:
+        """Evaluate until the value is truthy; fail at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = await self.eval(expression)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"page never satisfied: {expression}"
+            await asyncio.sleep(0.1)
+
+    async def viewport(self, width: int, height: int) -> None:
+        await self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                        deviceScaleFactor=1, mobile=False)
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.call("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+
+@contextlib.asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[Page]:
+    """Headless Chromium with a fresh profile; one page; stopped on exit."""
+    proc = subprocess.Popen(
+        [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None, f"chromium exited {proc.returncode}"
+            assert time.monotonic() < deadline, "chromium opened no DevTools port in 30 s"
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = await resp.json()
+            url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with session.ws_connect(url, max_msg_size=64 * 1024 * 1024) as ws:
+                page = Page(ws)
+                await page.call("Page.enable")
+                yield page
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# --- what the page shows ----------------------------------------------------------------
+GROUP_ROWS = """[...document.querySelectorAll('#groups tr[data-group]')].map(tr => {
+  const v = (f) => tr.querySelector(`[data-field="${f}"]`);
+  return {group: tr.dataset.group, depth: +v('depth').dataset.value,
+          depth_text: v('depth').textContent, oldest_age_s: +v('oldest_age_s').dataset.value,
+          oldest_text: v('oldest_age_s').textContent, agents: +v('agents').dataset.value,
+          free_slots: +v('free_slots').dataset.value, slots: +v('free_slots').dataset.slots,
+          free_text: v('free_slots').textContent,
+          at_risk: +v('at_risk').dataset.value, breached: +v('breached').dataset.value};
+})"""
+DECISIONS = """[...document.querySelectorAll('#decisions li[data-message-id]')].map(li => ({
+  message_id: li.dataset.messageId,
+  group: li.querySelector('[data-field="skill_group"]').textContent,
+  band: li.querySelector('[data-field="band"]').textContent,
+  why: [...li.querySelectorAll('.why li')].map(x => x.textContent)}))"""
+ROOMS = """[...document.querySelectorAll('#rooms tr[data-room]')].map(tr => ({room: tr.dataset.room,
+  questions_per_min: +tr.querySelector('[data-field="questions_per_min"]').dataset.value}))"""
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= window.innerWidth"
+
+
+async def _get(session: aiohttp.ClientSession, url: str, token: str) -> Any:
+    async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def test_console_in_chromium_shows_what_the_api_says(
+    tmp_path: Path, redis_url: str
+) -> None:
+    chromium_binary()  # fail or skip before starting anything
+    with running_demo(tmp_path, redis_url) as demo:
+        base, info = demo.info["base"], demo.info
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            # staff two groups; one agent takes a conversation, so slots are not all free
+            queues = (await _get(http, f"{base}/v1/queues", info["agent"]))["queues"]
+            busy = max(queues, key=lambda q: q["depth"])["group"]
+            for agent, groups, slots in (("demo-a1", [busy], 3), ("demo-a2", [busy, "vip"], 2)):
+                async with http.put(f"{base}/v1/agents/{agent}", json={
+                        "groups": groups, "slots": slots},
+                        headers={"Authorization": f"Bearer {info['agent']}"}) as resp:
+                    assert resp.status == 200, await resp.text()
+            async with http.post(f"{base}/v1/agents/demo-a1/claim",
+                                 headers={"Authorization": f"Bearer {info['agent']}"}) as resp:
+                assert (await resp.json())["claimed"] is not None
+
+            profile = tmp_path / "chromium-profile"
+            profile.mkdir()
+            async with chromium(profile) as page:
+                await page.viewport(1600, 1000)
+                # the printed URL signs in and lands on /console without the token
+                await page.call("Page.navigate", url=f"{base}/console?token={info['viewer']}")
+                await page.until("document.body && +document.body.dataset.updates >= 2")
+                assert await page.eval("location.pathname + location.search") == "/console"
+                # pushed, not reloaded: the counter moves on the same document
+                marker = await page.eval("window.__marker = Math.random()")
+                first = int(await page.eval("document.body.dataset.updates"))
+                await page.until(f"+document.body.dataset.updates >= {first + 2}")
+                assert await page.eval("window.__marker") == marker
+
+                # the page's figures against the agent API, read at the same moment
+                await page.until(f"document.querySelector('#groups tr[data-group=\"{busy}\"] "
+                                 "[data-field=agents]')?.dataset.value === '2'")
+                rows = {r["group"]: r for r in await page.eval(GROUP_ROWS)}
+                api = {q["group"]: q for q in
+                       (await _get(http, f"{base}/v1/queues", info["agent"]))["queues"]}
+                assert set(api) <= set(rows), (api, rows)
+                for group, q in api.items():
+                    row = rows[group]
+                    assert (row["depth"], row["agents"], row["slots"]) == (
+                        q["depth"], q["agents"], q["slots"]), group
+                    assert row["depth_text"] == f"{q['depth']:,}"
+                    # the page is up to one push behind the API call
+                    assert abs(row["oldest_age_s"] - q["oldest_age_s"]) <= 3.0, group
+                assert (rows[busy]["agents"], rows[busy]["slots"], rows[busy]["free_slots"]) == (
+                    2, 5, 4)
+                assert rows[busy]["free_text"] == "4 / 5"
+                assert rows["vip"]["agents"] == 1
+
+                # decisions, rooms and SLA counts as the console's own API serves them
+                snap = await _get(http, f"{base}/console/api/snapshot", info["viewer"])
+                shown = await page.eval(DECISIONS)
+                assert len(shown) == len(snap["decisions"]) > 0
+                by_id = {d["message_id"]: d for d in snap["decisions"]}
+                for d in shown:
+                    src = by_id.get(d["message_id"])
+                    if src is None:
+                        continue  # a newer push; compared below by id only
+                    assert (d["group"], d["band"]) == (src["skill_group"], src["band"])
+                    assert d["why"] == [*src["reasons"], *src["explain"]]
+                    assert d["why"], "a decision without its explanation"
+                rooms = {r["room"]: r for r in await page.eval(ROOMS)}
+                assert "demo-live-room-1" in rooms  # the demo's live-stream messages
+                assert rooms["demo-live-room-1"]["questions_per_min"] > 0
+                for g in snap["groups"]:
+                    if g["group"] in rows:
+                        # at risk and breached move with time: never more than open
+                        assert rows[g["group"]]["at_risk"] + rows[g["group"]]["breached"] <= (
+                            g["open"])
+                banner = await page.eval("document.querySelector('#banner .banner')?.dataset.kind")
+                assert banner == ("none" if not snap["banner"] else snap["banner"][0]["kind"])
+                # both languages on the page
+                text = await page.eval("document.body.innerText")
+                for label in ("技能组", "Skill groups", "直播间", "Live rooms", "最新分配",
+                              "Latest decisions", "空闲席位", "Free slots", "预测等待"):
+                    assert label in text, label
+
+                assert await page.eval(NO_SIDEWAYS_SCROLL)
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                await page.screenshot(SCREENSHOT)
+                assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+                # a laptop and a wall screen: no sideways scrolling, the text scales up
+                await page.viewport(1366, 768)
+                await page.until("+document.body.dataset.updates > 0")
+                assert await page.eval(NO_SIDEWAYS_SCROLL)
+                laptop_px = await page.eval(
+                    "parseFloat(getComputedStyle(document.documentElement).fontSize)")
+                await page.viewport(3840, 2160)
+                assert await page.eval(NO_SIDEWAYS_SCROLL)
+                wall_px = await page.eval(
+                    "parseFloat(getComputedStyle(document.documentElement).fontSize)")
+                assert wall_px >= 1.8 * laptop_px, (laptop_px, wall_px)  # ~16 px -> ~33 px
+                await page.screenshot(tmp_path / "wall.png")
+
