@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..router.http import Readiness, add_probe_routes
+from ..router.producer import EnvelopeProducer
 from ..router.redis_client import connect
 from ..router.settings import Settings
 from .clock import Clock
@@ -47,9 +48,14 @@ async def sla_service(
         async def ping() -> None:
             await redis.ping()
 
+        # readiness asks the broker through a client of its own (connected lazily, so
+        # a broker that is down at start or goes away later shows as 503, not a crash)
+        broker_probe = EnvelopeProducer(settings)
+        stack.push_async_callback(broker_probe.stop)
         app = web.Application()
         add_probe_routes(app, registry, Readiness(
-            {"redis": ping}, info=lambda: {"config": worker.config.version}))
+            {"redis": ping, "kafka": broker_probe.check},
+            info=lambda: {"config": worker.config.version}))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
