@@ -7,6 +7,7 @@ from ..skills.exceptions import ConfigError, OmniError
 __all__ = [
     "BadRequest",
     "BrokerUnavailable",
+    "ClientDisconnected",
     "ConfigError",
     "InfrastructureError",
     "InvalidEnvelope",
@@ -14,7 +15,9 @@ __all__ = [
     "OmniError",
     "PayloadTooLarge",
     "RequestRejected",
+    "RequestTimeout",
     "Unauthorized",
+    "UnsupportedMediaType",
 ]
 
 
@@ -63,3 +66,24 @@ class PayloadTooLarge(RequestRejected, ValueError):
 
     status = 413
     reason = "too_large"
+
+
+class RequestTimeout(RequestRejected):
+    """The body did not arrive in full within the deadline (408)."""
+
+    status = 408
+    reason = "body_timeout"
+
+
+class UnsupportedMediaType(RequestRejected, ValueError):
+    """The Content-Type is not one the route reads (415)."""
+
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class ClientDisconnected(RequestRejected, ConnectionError):
+    """The client went away before its body arrived in full; nobody reads the answer."""
+
+    status = 400
+    reason = "client_disconnected"

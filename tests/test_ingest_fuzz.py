@@ -58,6 +58,7 @@ API_REASONS = {
     "empty": 400, "bad_json": 400, "invalid": 400, "batch_too_large": 413, "too_large": 413,
     "missing_auth": 401, "bad_token": 401, "bad_auth_header": 401, "stale_timestamp": 401,
     "bad_timestamp": 401, "bad_signature": 401, "replayed_signature": 409,
+    "not_utf8": 400, "unsupported_media_type": 415,
 }
 TWILIO_REASONS = {
     "bad_content_type": 400, "bad_form": 400, "invalid": 400, "too_large": 413,
@@ -159,7 +160,8 @@ def api_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bool]:
                             max_size=30)
         headers.update({"Authorization": draw(printable),
                         "X-Omni-Timestamp": draw(printable), "X-Omni-Signature": draw(printable)})
-    return body, headers, good and auth in ("bearer", "hmac")
+    json_or_none = headers["Content-Type"] in ("application/json", "")  # text/plain: 415
+    return body, headers, good and auth in ("bearer", "hmac") and json_or_none
 
 
 def hmac_sha256(key: bytes, data: bytes) -> str:

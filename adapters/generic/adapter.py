@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from ...router.exceptions import BrokerUnavailable, RequestRejected
+from ...router.exceptions import BrokerUnavailable, RequestRejected, UnsupportedMediaType
 from ...router.http import HttpContext, read_limited
 from .config import PATH
 from .parse import parse_body
@@ -19,6 +19,26 @@ log = logging.getLogger(__name__)
 CHANNEL_LABEL = "api"
 
 
+def _check_content_type(request: web.Request) -> None:
+    """JSON in UTF-8, or no Content-Type at all; anything else is refused with 415."""
+    if not request.headers.get("Content-Type", "").strip():
+        return
+    media = request.content_type
+    json_like = media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+    if not json_like:
+        raise UnsupportedMediaType(
+            f"Content-Type {media[:64]!r} is not JSON; send 'Content-Type: application/json'"
+        )
+    charset = request.charset
+    if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(
+            f"charset {charset[:32]!r} is not accepted; send the JSON encoded as UTF-8 "
+            "('Content-Type: application/json; charset=utf-8')"
+        )
+
+
 def install(app: web.Application, ctx: HttpContext) -> None:
     """Add ``POST /v1/messages`` to the adapters' app."""
     replays = ReplayGuard(ctx.redis, ctx.keys, ctx.settings.hmac_window_s)
@@ -28,6 +48,7 @@ def install(app: web.Application, ctx: HttpContext) -> None:
         m = ctx.metrics
         m.requests.labels(CHANNEL_LABEL, "-").inc()
         try:
+            _check_content_type(request)
             body = await read_limited(request, ctx.settings.max_body_bytes)
             cred = verify_request(request.headers, body, ctx.settings, ctx.clock.now())
             envelopes = parse_body(body, ctx.now_ms(), ctx.settings.max_batch_messages,

@@ -50,7 +50,8 @@ class _Entry(BaseModel):
 class _Order(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: Id
-    amount: float | None = Field(None, ge=0, lt=1e12)
+    # NaN and Infinity (JSON strings "NaN", "Infinity") are refused as such, not as a bound
+    amount: float | None = Field(None, ge=0, lt=1e12, allow_inf_nan=False)
 
 
 class IngestMessage(BaseModel):
@@ -97,6 +98,19 @@ class IngestMessage(BaseModel):
         )
 
 
+def _require_utf8(body: bytes) -> None:
+    """Name the encoding problem (GBK, GB18030, Latin-1 ...) instead of orjson's
+    "surrogates not allowed"."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}); "
+            "send JSON encoded as UTF-8 (GBK and GB18030 are not accepted)",
+            reason="not_utf8",
+        ) from None
+
+
 def parse_body(
     body: bytes, received_at_ms: int, max_messages: int, source: str = ""
 ) -> list[Envelope]:
@@ -108,6 +122,7 @@ def parse_body(
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        _require_utf8(body)
         raise BadRequest(f"body is not valid JSON: {exc}", reason="bad_json") from None
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]

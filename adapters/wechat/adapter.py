@@ -4,11 +4,14 @@ The same :class:`CallbackHandler` serves WeCom (``adapters.wecom``), which is
 the safe mode with ``msg_signature`` on every request and an encrypted
 ``echostr``.
 
-Answers: ``success`` (text/plain) once the broker acknowledged, or when the
-message is a duplicate / not routed; 401 bad signature, stale timestamp or
-wrong app id; 400 malformed or hostile XML; 404 unknown account; 413 body over
-the limit; 503 (``Retry-After``) when Kafka did not acknowledge in time, so
-WeChat re-delivers.
+Answers: ``success`` (text/plain, what WeChat expects) once the broker
+acknowledged, or when the message is a duplicate / not routed; the URL check
+echoes ``echostr`` as text. Every error is the project's JSON form
+``{"error": <reason>, "message": <what to do>}`` with its status: 401 bad
+signature, stale timestamp or wrong app id; 400 malformed or hostile XML; 404
+unknown account; 408 body not in within the deadline; 413 body over the limit;
+503 (``Retry-After``) when Kafka did not acknowledge in time, so WeChat
+re-delivers (the retry is deduplicated).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class CallbackHandler:
     def _reject(self, label: str, exc: RequestRejected) -> web.Response:
         self.ctx.metrics.rejected.labels(self.channel.value, label, exc.reason).inc()
         log.info("%s/%s: %s %s", self.channel, label, exc.status, exc.reason)
-        return web.Response(text=f"{exc.reason}: {exc}", status=exc.status)
+        return web.json_response({"error": exc.reason, "message": str(exc)}, status=exc.status)
 
     # --- GET: URL verification ---------------------------------------------------
 
@@ -178,8 +181,11 @@ class CallbackHandler:
         except BrokerUnavailable as exc:
             m.rejected.labels(ch, label, "broker_unavailable").inc()
             log.warning("%s/%s: %s", ch, label, exc)
-            return web.Response(text="broker unavailable; retry", status=503,
-                                headers={"Retry-After": "1"})
+            return web.json_response(
+                {"error": "broker_unavailable",
+                 "message": "Kafka did not acknowledge; retry (the retry is deduplicated)"},
+                status=503, headers={"Retry-After": "1"},
+            )
         if result.duplicates:
             m.duplicates.labels(ch, label).inc(len(result.duplicates))
         if result.produced:
