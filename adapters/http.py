@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..router.http import (
+    ADMIT_KEY,
     CONTEXT_KEY,
     HttpContext,
     Installer,
@@ -61,21 +63,39 @@ def build_http_app(
     @web.middleware
     async def back_pressure(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Bounded work in progress: past the limit a request is refused at once
-        # (the channel retries) instead of queueing bodies in memory.
+        # (the channel retries) instead of queueing work in memory. A request with a
+        # body counts only once its body is in (read_limited admits it, within the
+        # body deadline), so slow or stalled uploads from anyone cannot take the
+        # slots of requests that are ready to be verified and produced.
         nonlocal in_flight
+        admitted = False
+
+        def admit() -> None:
+            nonlocal in_flight, admitted
+            if admitted:
+                return
+            if in_flight >= limit:
+                ctx.metrics.rejected.labels("http", "-", "overloaded").inc()
+                raise web.HTTPTooManyRequests(
+                    text=orjson.dumps({"error": "overloaded",
+                                       "message": f"{limit} requests in progress; retry"}
+                                      ).decode(),
+                    content_type="application/json", headers={"Retry-After": "1"},
+                )
+            in_flight += 1
+            admitted = True
+
         if request.path in _PROBES:
             return await handler(request)
-        if in_flight >= limit:
-            ctx.metrics.rejected.labels("http", "-", "overloaded").inc()
-            return web.json_response(
-                {"error": "overloaded", "message": f"{limit} requests in progress; retry"},
-                status=429, headers={"Retry-After": "1"},
-            )
-        in_flight += 1
+        if request.body_exists:
+            request[ADMIT_KEY] = admit
+        else:
+            admit()
         try:
             return await handler(request)
         finally:
-            in_flight -= 1
+            if admitted:
+                in_flight -= 1
 
     app = web.Application(
         client_max_size=ctx.settings.max_body_bytes + 1024, middlewares=[back_pressure]

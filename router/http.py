@@ -7,22 +7,25 @@ The adapters' app, the agent API (``sla``) and the SLA and router workers all se
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
-from .exceptions import PayloadTooLarge
+from .exceptions import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 from .keys import Keys
 from .metrics import AdapterMetrics
 from .producer import EnvelopeProducer, EnvelopeSink
 from .settings import Settings
 
 __all__ = [
+    "ADMIT_KEY",
     "CONTEXT_KEY",
     "Clock",
     "HttpContext",
@@ -34,6 +37,8 @@ __all__ = [
     "metrics_body",
     "read_limited",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -77,22 +82,67 @@ Installer = Callable[[web.Application, HttpContext], None]
 CONTEXT_KEY: web.AppKey[HttpContext] = web.AppKey("omni_context", HttpContext)
 
 
-async def read_limited(request: web.Request, max_body_bytes: int) -> bytes:
-    """Return the body, or raise PayloadTooLarge before buffering more than the limit."""
+#: Set per request by the app's in-flight limit (``adapters.http``): ``read_limited``
+#: calls it once the body is in, so a request still arriving holds no slot. It raises
+#: an HTTP 429 when the limit is reached.
+ADMIT_KEY: web.RequestKey[Callable[[], None]] = web.RequestKey("omni_admit")
+
+
+def _body_timeout_s(request: web.Request) -> float:
+    ctx = request.config_dict.get(CONTEXT_KEY)
+    if ctx is not None:
+        return ctx.settings.http_body_timeout_s
+    default: float = Settings.model_fields["http_body_timeout_s"].default
+    return default
+
+
+async def read_limited(
+    request: web.Request, max_body_bytes: int, *, timeout_s: float | None = None
+) -> bytes:
+    """Return the body, read within a size limit and a deadline.
+
+    The deadline (``timeout_s``, else the app's ``OMNI_HTTP_BODY_TIMEOUT_S``) covers
+    the whole body: a client that trickles it is cut off instead of holding a slot.
+    Once the body is in, the request is admitted to the app's in-flight limit.
+
+    Raises:
+        PayloadTooLarge: the declared or actual size is over ``max_body_bytes``.
+        RequestTimeout: the body did not arrive in full within the deadline (408).
+        ClientDisconnected: the client went away before the body was in.
+        BadRequest: the body's framing (chunked encoding) is malformed.
+    """
     declared = request.content_length
     if declared is not None and declared > max_body_bytes:
         raise PayloadTooLarge(
             f"body is {declared} bytes; the limit is {max_body_bytes} (split the batch)"
         )
+    deadline_s = _body_timeout_s(request) if timeout_s is None else timeout_s
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise PayloadTooLarge(
-                f"body exceeds the limit of {max_body_bytes} bytes (split the batch)"
-            )
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline_s):
+            async for chunk in request.content.iter_chunked(65_536):
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise PayloadTooLarge(
+                        f"body exceeds the limit of {max_body_bytes} bytes (split the batch)"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive in full within {deadline_s:g} s ({size} bytes came); "
+            "send the whole request at once"
+        ) from None
+    except ConnectionError:
+        # the client's problem, not ours: counted by the caller (reason client_disconnected)
+        log.info("%s %s: client went away after %d body bytes", request.method,
+                 request.path, size)
+        raise ClientDisconnected(f"client went away after {size} body bytes") from None
+    except HttpProcessingError as exc:
+        raise BadRequest(f"malformed body: {exc.message}", reason="invalid") from None
+    admit = request.get(ADMIT_KEY)
+    if admit is not None:
+        admit()
     return b"".join(chunks)
 
 

@@ -178,4 +178,13 @@ async def _send_batches(
                 batch.append(key=key, value=value, timestamp=None)
         if batch.record_count():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
+    for future in futures:
+        # after the caller's deadline the batch may still fail; that was already
+        # answered (503), so its late error must not be logged as never retrieved
+        future.add_done_callback(_retrieve)
     await asyncio.gather(*futures)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

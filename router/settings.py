@@ -237,6 +237,11 @@ class Settings(BaseSettings):
     ingest_hmac_secret: SecretStr | None = Field(None, alias="OMNI_INGEST_HMAC_SECRET")
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="OMNI_MAX_BODY_BYTES")
     max_in_flight: int = Field(1000, ge=1, alias="OMNI_MAX_IN_FLIGHT")
+    # A request's head must arrive in full within this of the connection opening or
+    # of its previous answer (aiohttp's keep-alive timer: idle connections close too).
+    http_header_timeout_s: float = Field(15.0, gt=0, le=3600, alias="OMNI_HTTP_HEADER_TIMEOUT_S")
+    # A request's body must arrive in full within this once its head is in (else 408).
+    http_body_timeout_s: float = Field(10.0, gt=0, le=3600, alias="OMNI_HTTP_BODY_TIMEOUT_S")
     max_batch_messages: int = Field(500, ge=1, le=10_000, alias="OMNI_MAX_BATCH_MESSAGES")
     hmac_window_s: float = Field(300.0, gt=0, alias="OMNI_HMAC_WINDOW_S")
     produce_timeout_s: float = Field(5.0, gt=0, alias="OMNI_PRODUCE_TIMEOUT_S")

@@ -210,7 +210,8 @@ async def test_back_pressure_429(topics_ready: Settings, aredis: Redis) -> None:
         resp = await e.client.post("/douyin/live", data=body, headers=push_headers(body))
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "3"
-        assert e.value("omni_adapter_rejected_total", channel="livestream", account="-",
+        # refused after its signature was checked: counted under its room
+        assert e.value("omni_adapter_rejected_total", channel="livestream", account="7300001",
                        reason="overloaded") == 1
         sink.gate.set()
         results = await asyncio.gather(*blocked)

@@ -7,8 +7,10 @@
   record per push to ``omni.signals`` for surge detection, and
   ``omni_adapter_signals_total{kind}`` += number of new events.
 * Duplicated ``msg_id`` (within the push or already produced) are dropped.
-* Back-pressure: at most ``max_in_flight`` pushes are processed at once; beyond
-  that the answer is 429 with ``Retry-After`` (nothing is queued in memory).
+* Back-pressure: at most ``max_in_flight`` verified pushes are processed at once;
+  beyond that the answer is 429 with ``Retry-After`` (nothing is queued in memory).
+  A push takes a slot only once its body is in (within the body deadline, else
+  408) and its signature checked, so slow or unsigned requests never hold one.
 * 503 with ``Retry-After`` when Kafka did not acknowledge: nothing was marked
   as seen, so Douyin's re-push goes through.
 """
@@ -35,7 +37,7 @@ from ..pii import mask_envelope
 from .chatter import ChatterRules
 from .config import PATH, DouyinConfig
 from .parse import LiveItem, comment_envelope, parse_items, signal_record
-from .verify import verify_push
+from .verify import PushHeaders, verify_push
 
 __all__ = ["LivePushHandler", "install", "make_installer"]
 
@@ -61,34 +63,8 @@ class LivePushHandler:
             self._deduper = Deduper(self.ctx.redis, self.ctx.keys, self.config.dedupe_ttl_s)
 
     async def post(self, request: web.Request) -> web.Response:
-        """Refuse with 429 when ``max_in_flight`` pushes are already being handled."""
-        if self.in_flight >= self.config.max_in_flight:
-            m = self.ctx.metrics
-            m.requests.labels(CHANNEL, UNVERIFIED).inc()
-            m.rejected.labels(CHANNEL, UNVERIFIED, "overloaded").inc()
-            return web.json_response(
-                {"err_no": 429, "err_msg": "overloaded", "message": "too many pushes in flight"},
-                status=429, headers={"Retry-After": str(self.config.retry_after_s)},
-            )
-        self.in_flight += 1
-        try:
-            return await self._handle(request)
-        finally:
-            self.in_flight -= 1
-
-    async def _fresh(self, room: str, items: list[LiveItem]) -> tuple[list[LiveItem], list[str]]:
-        """Items not seen before (in this push or in Redis), and their dedupe ids."""
-        unique: dict[str, LiveItem] = {}
-        for item in items:
-            unique.setdefault(message_id(Channel.LIVESTREAM, room, item.msg_id), item)
-        ids = list(unique)
-        if self._deduper is None or not ids:
-            return list(unique.values()), ids
-        flags = await self._deduper.seen_many(CHANNEL, ids)
-        kept = [(i, unique[i]) for i, seen in zip(ids, flags, strict=True) if not seen]
-        return [item for _, item in kept], [i for i, _ in kept]
-
-    async def _handle(self, request: web.Request) -> web.Response:
+        """Read and verify; then refuse with 429 when ``max_in_flight`` verified pushes
+        are already being handled, else handle this one in a slot."""
         started = time.perf_counter()
         m = self.ctx.metrics
         cfg = self.config
@@ -108,7 +84,35 @@ class LivePushHandler:
                 status=exc.status,
             )
         m.requests.labels(CHANNEL, label).inc()
-        room = push.room_id
+        if self.in_flight >= cfg.max_in_flight:
+            m.rejected.labels(CHANNEL, label, "overloaded").inc()
+            return web.json_response(
+                {"err_no": 429, "err_msg": "overloaded", "message": "too many pushes in flight"},
+                status=429, headers={"Retry-After": str(cfg.retry_after_s)},
+            )
+        self.in_flight += 1
+        try:
+            return await self._handle(push, items, started)
+        finally:
+            self.in_flight -= 1
+
+    async def _fresh(self, room: str, items: list[LiveItem]) -> tuple[list[LiveItem], list[str]]:
+        """Items not seen before (in this push or in Redis), and their dedupe ids."""
+        unique: dict[str, LiveItem] = {}
+        for item in items:
+            unique.setdefault(message_id(Channel.LIVESTREAM, room, item.msg_id), item)
+        ids = list(unique)
+        if self._deduper is None or not ids:
+            return list(unique.values()), ids
+        flags = await self._deduper.seen_many(CHANNEL, ids)
+        kept = [(i, unique[i]) for i, seen in zip(ids, flags, strict=True) if not seen]
+        return [item for _, item in kept], [i for i, _ in kept]
+
+    async def _handle(self, push: PushHeaders, items: list[LiveItem],
+                      started: float) -> web.Response:
+        m = self.ctx.metrics
+        cfg = self.config
+        label = room = push.room_id
         now_ms = self.ctx.now_ms()
         fresh, fresh_ids = await self._fresh(room, items)
         duplicates = len(items) - len(fresh)
