@@ -108,7 +108,6 @@ class EmailSettings(_Section):
     imap_folder: str = Field(default="INBOX", alias="OMNI_IMAP_FOLDER")
     imap_account: str | None = Field(default=None, alias="OMNI_IMAP_ACCOUNT")  # default: imap_user
     # Re-issue IDLE before NAT boxes and servers drop it (RFC 2177: < 29 min).
-    # Also bounds how long mail that lands between the UNSEEN search and IDLE waits.
     imap_idle_s: float = Field(default=60.0, gt=0, le=1740, alias="OMNI_IMAP_IDLE_S")
     imap_backoff_initial_s: float = Field(default=1.0, gt=0, alias="OMNI_IMAP_BACKOFF_INITIAL_S")
     imap_backoff_max_s: float = Field(default=60.0, gt=0, alias="OMNI_IMAP_BACKOFF_MAX_S")

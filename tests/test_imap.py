@@ -296,9 +296,9 @@ async def test_mail_stays_unseen_while_the_broker_is_down(
 async def test_reconnects_after_the_server_restarts(
     dovecot: Dovecot, topics_ready: Settings, aredis: Redis
 ) -> None:
-    # Mail appended between the poller's UNSEEN search and its IDLE is only seen
-    # when the IDLE period ends: keep that period short here (see docs).
-    p, producer = await make_poller(topics_ready, aredis, dovecot, OMNI_IMAP_IDLE_S=2)
+    # The IDLE period stays long (60 s): the mail appended right after the restart
+    # must be found by the reconnect's search or announced to its IDLE (issue 11, 15).
+    p, producer = await make_poller(topics_ready, aredis, dovecot)
     async with producer, p:
         await _reconnects(p, dovecot, topics_ready)
 
@@ -323,3 +323,61 @@ async def test_lifecycle_is_idempotent(settings: Settings, dovecot: Dovecot) -> 
     await p.stop()
     assert not p.connected.is_set()
     await producer.stop()
+
+
+@pytest.mark.parametrize("window", ["while_draining", "before_idle"])
+async def test_mail_that_lands_between_search_and_idle_is_not_left_waiting(
+    dovecot: Dovecot, topics_ready: Settings, aredis: Redis, window: str
+) -> None:
+    """Issue 11, item 15: a mail delivered after the UNSEEN search but before IDLE starts
+    (while the poller fetches and flags the previous mail, or just before it sends IDLE)
+    is produced at once, not when the IDLE period (here 600 s) ends."""
+    p, producer = await make_poller(topics_ready, aredis, dovecot, OMNI_IMAP_IDLE_S=600)
+    late = mail("late@example.com", "landed in the window")
+    delivered = asyncio.Event()
+
+    async def deliver_once() -> None:
+        if not delivered.is_set():
+            await asyncio.to_thread(dovecot.append, late)
+            delivered.set()
+
+    if window == "while_draining":
+        dovecot.append(mail("first@example.com", "already there"))
+        deliver_raw = p._deliver
+
+        async def deliver(raw: bytes) -> int:
+            n = await deliver_raw(raw)  # after this mail's FETCH, before its STORE
+            await deliver_once()
+            return n
+
+        p._deliver = deliver  # type: ignore[method-assign]
+    else:
+        drain = p.drain
+
+        async def drain_then_deliver(client: Any) -> int:
+            n = await drain(client)  # the UNSEEN search is done; IDLE comes next
+            await deliver_once()
+            return n
+
+        p.drain = drain_then_deliver  # type: ignore[method-assign]
+    async with producer, p:
+        got = await consume(topics_ready, lambda envs: any(
+            e.channel_msg_id == "late@example.com" for e in envs), timeout_s=20)
+    assert delivered.is_set()
+    assert "late@example.com" in {e.channel_msg_id for e in got}
+
+
+async def test_only_a_growing_folder_counts_as_new_mail(settings: Settings,
+                                                       dovecot: Dovecot) -> None:
+    """The size the server announces decides whether to search again before IDLE: a
+    repeated count is no new mail (no search loop); after an expunge, the same count
+    again is."""
+    p, _ = await make_poller(settings, None, dovecot)
+    p._on_size(b"EXISTS", 3)
+    assert p._announced
+    p._announced = False
+    p._on_size(b"EXISTS", 3)
+    assert not p._announced
+    p._on_size(b"EXPUNGE", 2)
+    p._on_size(b"EXISTS", 3)
+    assert p._announced

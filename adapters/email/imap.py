@@ -5,6 +5,12 @@ A message is flagged ``\\Seen`` only after the broker acknowledged its envelope
 outage never loses mail: it is still UNSEEN at the next connect. Between
 batches the poller IDLEs (RFC 2177) and re-issues IDLE every ``imap_idle_s``.
 Disconnects and errors reconnect with exponential backoff.
+
+Mail that lands after the ``UNSEEN`` search is announced by the server, once, with
+an untagged ``EXISTS``: either with the answer to one of the drain's own commands
+(the search, a ``FETCH``, a ``STORE``), and then the poller searches again before
+it IDLEs; or, when no command follows, right after IDLE starts, which wakes it.
+So no mail waits for the end of the IDLE period.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aioimaplib
@@ -34,6 +41,7 @@ __all__ = ["ImapError", "ImapPoller"]
 
 log = logging.getLogger(__name__)
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+_SIZE_CHANGE = re.compile(rb"^(?:\* )?(\d+) (EXISTS|EXPUNGE)\s*$", re.IGNORECASE)
 
 
 class ImapError(OmniError, ConnectionError):
@@ -60,6 +68,26 @@ def _check(response: Any, what: str) -> Any:
         detail = b" ".join(bytes(x) for x in response.lines[-1:]).decode(errors="replace")
         raise ImapError(f"IMAP {what} failed: {response.result} {detail[:200]}")
     return response
+
+
+def _watch_size(client: Any, on_change: Callable[[bytes, int], None]) -> None:
+    """Call ``on_change(kind, n)`` for every ``* n EXISTS`` / ``* n EXPUNGE``.
+
+    aioimaplib hands an untagged response to the pending command it belongs to and
+    drops the others: an ``EXISTS`` that comes with the answer to ``UID STORE`` or
+    ``UID SEARCH`` is only logged. The server announces each new message once, so
+    the poller must see that line, whichever command it comes with.
+    """
+    protocol = client.protocol
+    dispatch = protocol._untagged_response  # every untagged line passes here
+
+    def observe(line: bytes) -> Any:
+        change = _SIZE_CHANGE.match(line)
+        if change is not None:
+            on_change(change.group(2).upper(), int(change.group(1)))
+        return dispatch(line)
+
+    protocol._untagged_response = observe
 
 
 def _literal(lines: list[Any]) -> bytes | None:
@@ -102,6 +130,9 @@ class ImapPoller(Lifecycle):
         self._lost = False
         self._lost_event = asyncio.Event()  # set with _lost: wakes a waiting IDLE
         self._stopping = False
+        self._announced = False  # the folder grew since the last UNSEEN search began
+        self._size = 0  # messages in the folder, as the server last told us
+        self._done_sent = False  # DONE already written for the pending IDLE
         self.account = (config.imap_account or config.imap_user).lower()
         self.connects = 0  # successful logins (1 + reconnects)
         self.produced = 0  # envelopes produced since start
@@ -148,6 +179,15 @@ class ImapPoller(Lifecycle):
             # Wake an IDLE wait: the connection is gone, nothing more will arrive.
             client.protocol.idle_queue.put_nowait(aioimaplib.STOP_WAIT_SERVER_PUSH)
 
+    def _on_size(self, kind: bytes, n: int) -> None:
+        if kind == b"EXPUNGE":
+            self._size = max(0, self._size - 1)
+        elif n > self._size:  # some servers repeat an unchanged count: not new mail
+            self._size = n
+            self._announced = True
+        else:
+            self._size = n
+
     async def _connect(self) -> Any:
         cfg = self._config
         ssl_context = None
@@ -163,6 +203,8 @@ class ImapPoller(Lifecycle):
             ssl_context=ssl_context,
         )
         self._client = client
+        self._size = 0  # SELECT tells
+        _watch_size(client, self._on_size)
         await client.wait_hello_from_server()
         _check(await client.login(cfg.imap_user, cfg.imap_password.get_secret_value()), "LOGIN")
         _check(await client.select(cfg.imap_folder), f"SELECT {cfg.imap_folder}")
@@ -176,7 +218,7 @@ class ImapPoller(Lifecycle):
         if client is None:
             return
         with contextlib.suppress(Exception):
-            if client.has_pending_idle():
+            if client.has_pending_idle() and not self._done_sent:
                 client.idle_done()
             await _bounded(client.logout(), 2.0, "LOGOUT")
         with contextlib.suppress(Exception):
@@ -192,6 +234,8 @@ class ImapPoller(Lifecycle):
                 backoff.reset()
                 while not self._stopping:
                     await self.drain(client)
+                    if self._announced:
+                        continue  # new mail was announced while draining: search again
                     await self._idle(client)
             except asyncio.CancelledError:
                 raise
@@ -209,6 +253,7 @@ class ImapPoller(Lifecycle):
         if self._lost:
             raise ImapError("IMAP connection lost")
         cfg = self._config
+        self._done_sent = False
         idle = await _bounded(client.idle_start(timeout=cfg.imap_idle_s), cfg.imap_timeout_s,
                               "IDLE start")
         push = asyncio.ensure_future(client.wait_server_push(timeout=cfg.imap_idle_s + 5))
@@ -223,7 +268,8 @@ class ImapPoller(Lifecycle):
                 push.cancel()
             elif not push.cancelled():
                 push.exception()  # a TimeoutError just ends the IDLE period: re-issue it
-            if client.has_pending_idle():
+            if client.has_pending_idle() and not self._done_sent:
+                self._done_sent = True
                 client.idle_done()
         if self._lost:
             raise ImapError("IMAP connection lost while idling")
@@ -232,7 +278,14 @@ class ImapPoller(Lifecycle):
     # --- mail -------------------------------------------------------------------------
 
     async def drain(self, client: Any) -> int:
-        """Produce every UNSEEN message, oldest first; return how many were produced."""
+        """Produce every UNSEEN message, oldest first; return how many were produced.
+
+        Afterwards ``_announced`` tells whether the server announced new mail since the
+        search began (with the answer to the search, a FETCH or a STORE): that mail may
+        not be in the search's result, and the server will not announce it again at
+        IDLE, so the caller drains again before it IDLEs.
+        """
+        self._announced = False
         response = _check(await client.uid_search("UNSEEN", charset=None), "UID SEARCH UNSEEN")
         uids = [u for line in response.lines[:-1] for u in bytes(line).split() if u.isdigit()]
         produced = 0
