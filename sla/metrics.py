@@ -17,6 +17,8 @@ SLA_BREACHED_OPEN: Final = "omni_sla_breached_open_conversations"  # breached, o
 SLA_OPEN: Final = "omni_sla_open_conversations"  # conversations with running timers [group]
 SLA_FIRE_LAG: Final = "omni_sla_fire_lag_seconds"  # now - due of the last fired deadline
 SLA_EVENTS: Final = "omni_sla_events_total"  # inputs consumed [topic, result]
+SLA_CONFIG_VERSION: Final = "omni_sla_config_info"  # 1 for the active sla.yaml version [version]
+SLA_CONFIG_RELOADS: Final = "omni_sla_config_reloads_total"  # sla.yaml reload attempts [result]
 STAFFED_SLOTS: Final = "omni_staffed_slots"  # live agents' slots [skill_group]
 SURGE_ACTIVE: Final = "omni_surge_active"  # 1 while a surge is on [scope]
 SURGE_RATE: Final = "omni_surge_rate_per_minute"  # arrivals in the last window [scope]
@@ -30,6 +32,13 @@ class SlaMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.config_info = Gauge(
+            SLA_CONFIG_VERSION, "Active SLA configuration (sla.yaml)", ["version"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            SLA_CONFIG_RELOADS, "SLA configuration reloads", ["result"], registry=registry
+        )
         labels = ["skill_group", "policy", "timer"]
         self.warnings = Counter(SLA_WARNINGS, "SLA warnings fired", labels, registry=registry)
         self.breaches = Counter(SLA_BREACHES, "SLA breaches fired", labels, registry=registry)

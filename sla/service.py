@@ -55,7 +55,7 @@ async def sla_service(
         app = web.Application()
         add_probe_routes(app, registry, Readiness(
             {"redis": ping, "kafka": broker_probe.check},
-            info=lambda: {"config": worker.config.version}))
+            info=lambda: {"config_version": worker.holder.version}))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -75,6 +75,7 @@ async def run_sla(settings: Settings) -> None:
     async with sla_service(settings) as (worker, _port):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, worker.reload)  # like the router worker
         try:
             await worker.run()
         finally:

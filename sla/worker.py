@@ -49,10 +49,11 @@ from ..router.retry import Backoff, retrying
 from ..router.settings import Settings
 from .agents import AgentDesk
 from .clock import Clock, SystemClock
-from .config import SlaConfig, load_sla_config
+from .config import SlaConfig
 from .escalation import Escalator
 from .exceptions import StateConflict
 from .metrics import SlaMetrics
+from .reload import SlaConfigHolder
 from .state import ConvState, Fired, SlaEngine, member
 from .surge import Staffing, SurgeWindows
 from .timers import Change, TimerStore
@@ -85,7 +86,12 @@ class SlaWorker(Lifecycle):
         self.settings = settings
         self.metrics = SlaMetrics(registry)
         self.clock: Clock = clock or SystemClock()
-        self.config = config or load_sla_config(Path(settings.config_dir) / "sla.yaml")
+        # sla.yaml: re-read on reload() (SIGHUP) and when the file changes (checked each
+        # tick); a fixed ``config`` is never reloaded
+        self.holder = SlaConfigHolder(
+            Path(settings.config_dir) / "sla.yaml" if config is None else None,
+            self.metrics, config=config,
+        )
         self.keys = Keys(settings.redis_prefix)
         # default: OMNI_SLA_TICK_S and OMNI_AGENT_LIVE_TTL_S (the agent API's liveness)
         self.tick_s = settings.sla.tick_s if tick_s is None else tick_s
@@ -266,7 +272,9 @@ class SlaWorker(Lifecycle):
                 await asyncio.wait_for(self._stopping.wait(), wait_s)
 
     async def tick(self) -> None:
-        """One pass: fire due deadlines, close surge windows, refresh gauges, purge."""
+        """One pass: reload a changed sla.yaml, fire due deadlines, close surge windows,
+        refresh gauges, purge."""
+        self._apply(self.holder.reload_if_changed())
         await self.fire_due()
         await self.surge_tick()
         now = self.now_ms()
@@ -443,6 +451,32 @@ class SlaWorker(Lifecycle):
         self.metrics.staffed_slots.clear()
         for g, n in staffing.slots.items():
             self.metrics.staffed_slots.labels(g).set(n)
+
+    # --- configuration ------------------------------------------------------------
+    @property
+    def config(self) -> SlaConfig:
+        """The active SLA configuration (a reload swaps it)."""
+        return self.holder()
+
+    def reload(self) -> bool:
+        """Re-read sla.yaml (SIGHUP): True if a new version became active. An invalid
+        file is logged and counted, and the old version keeps running."""
+        return self._apply(self.holder.reload())
+
+    def _apply(self, changed: bool) -> bool:
+        """Rebuild what derives from the configuration; the next batch and tick use it."""
+        if not changed:
+            return False
+        config = self.holder()
+        self.engine = SlaEngine(config)  # policies, calendars, warning ratios
+        if self.store is not None:
+            self.store.engine = self.engine
+        surge: SurgeWindows | None = getattr(self, "surge", None)
+        if surge is not None and surge.config != config.surge:
+            self.surge = SurgeWindows(surge.redis, self.keys, config.surge)
+            if self.surge.window_ms != surge.window_ms:
+                self._last_closed = None  # window indices changed meaning
+        return True
 
     # --- helpers ----------------------------------------------------------------
     def now_ms(self) -> int:
