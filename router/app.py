@@ -162,7 +162,7 @@ def create_worker_app(
         topic_allow_declare=True,
         store="memory://",
         producer_acks=-1,
-        **kafka.faust_broker_timeouts(settings),
+        **kafka.faust_group_membership(settings),
     )
 
     async def route() -> None:

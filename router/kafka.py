@@ -5,7 +5,7 @@ and the acknowledged send.
   default profile answers a channel fast, ``batch=True`` is the router's
   throughput profile.
 - :func:`consumer`: one consumer group, offsets committed by hand after a batch's
-  effects, from the earliest offset, group timeouts per ``OMNI_FAST_REBALANCE``.
+  effects, from the earliest offset, group membership per :func:`group_membership`.
 - :func:`send_acked`: produce keyed records and await every acknowledgement, or
   raise :class:`~router.exceptions.BrokerUnavailable`. Records go out as one batch
   per partition instead of one ``send`` per record (``send`` costs several
@@ -31,8 +31,8 @@ from .settings import Settings
 __all__ = [
     "check_broker",
     "consumer",
-    "consumer_timeouts",
-    "faust_broker_timeouts",
+    "faust_group_membership",
+    "group_membership",
     "producer",
     "send_acked",
 ]
@@ -46,23 +46,40 @@ BATCH_BYTES = 1_048_576  # the router's record batches (the default is 16 KiB)
 _hash = functools.lru_cache(maxsize=65_536)(murmur2)
 
 
-def consumer_timeouts(settings: Settings) -> dict[str, int]:
-    """Group-membership timeouts: short for tests and the demo, Kafka's defaults otherwise."""
+def _membership_s(settings: Settings) -> tuple[float, float, float]:
+    """(session, rebalance, heartbeat) seconds: the settings, or the shortest for tests."""
     if settings.fast_rebalance:
-        return {"session_timeout_ms": 6000, "rebalance_timeout_ms": 3000,
-                "heartbeat_interval_ms": 1000}
-    return {"session_timeout_ms": 45_000, "rebalance_timeout_ms": 60_000,
-            "heartbeat_interval_ms": 3000}
+        return 6.0, 3.0, 1.0
+    return (settings.kafka_session_timeout_s, settings.kafka_rebalance_timeout_s,
+            settings.kafka_heartbeat_interval_s)
 
 
-def faust_broker_timeouts(settings: Settings) -> dict[str, Any]:
-    """The same choice for a faust ``App`` (seconds; faust's defaults unless fast)."""
-    if settings.fast_rebalance:
-        # a faust worker is ready in ~4 s instead of ~30 s: the broker holds the
-        # first JoinGroup for the rebalance timeout
-        return {"broker_session_timeout": 6, "broker_rebalance_timeout": 6,
-                "broker_heartbeat_interval": 1}
-    return {}
+def group_membership(settings: Settings) -> dict[str, Any]:
+    """aiokafka's group options: timeouts and static membership (README, "Operations").
+
+    Every figure of a rebalance scales with the session timeout on the embedded
+    broker (Kafka's 45 s default made a restart take over two minutes), and a dead
+    worker is noticed only after it. Heartbeats run on their own task, ten per
+    session by default, so a late one does not evict a live worker.
+    """
+    session_s, rebalance_s, heartbeat_s = _membership_s(settings)
+    return {"session_timeout_ms": int(session_s * 1000),
+            "rebalance_timeout_ms": int(rebalance_s * 1000),
+            "heartbeat_interval_ms": int(heartbeat_s * 1000),
+            "group_instance_id": settings.group_instance_id}
+
+
+def faust_group_membership(settings: Settings) -> dict[str, Any]:
+    """The same for the faust ``App``'s own consumer (seconds).
+
+    Its group is joined before the router starts: with faust's defaults the broker
+    held that first JoinGroup for about half a minute.
+    """
+    session_s, rebalance_s, heartbeat_s = _membership_s(settings)
+    return {"broker_session_timeout": session_s,
+            "broker_rebalance_timeout": rebalance_s,
+            "broker_heartbeat_interval": heartbeat_s,
+            "consumer_group_instance_id": settings.group_instance_id}
 
 
 def producer(settings: Settings, *, batch: bool = False, **overrides: Any) -> AIOKafkaProducer:
@@ -109,7 +126,7 @@ def consumer(
         "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
     }
     if group_id is not None:
-        options.update(consumer_timeouts(settings))
+        options.update(group_membership(settings))
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -253,6 +253,24 @@ class Settings(BaseSettings):
     tier_cache_size: int = Field(100_000, ge=0, alias="OMNI_TIER_CACHE_SIZE")
     fetch_max_wait_ms: int = Field(100, ge=0, le=10_000, alias="OMNI_FETCH_MAX_WAIT_MS")
     fast_rebalance: bool = Field(False, alias="OMNI_FAST_REBALANCE")
+    # Consumer-group membership of every worker (router, SLA, the faust runtime), see
+    # README "Operations": a member that stops heartbeating is evicted after the
+    # session timeout (Apache Kafka accepts 6-1800 s); a rebalance waits at most the
+    # rebalance timeout for members to rejoin (aiokafka rejoins in the background,
+    # so this need not cover a batch's processing time).
+    kafka_session_timeout_s: float = Field(10.0, ge=6, le=1800,
+                                           alias="OMNI_KAFKA_SESSION_TIMEOUT_S")
+    kafka_heartbeat_interval_s: float = Field(1.0, gt=0, le=600,
+                                              alias="OMNI_KAFKA_HEARTBEAT_INTERVAL_S")
+    kafka_rebalance_timeout_s: float = Field(10.0, ge=1, le=1800,
+                                             alias="OMNI_KAFKA_REBALANCE_TIMEOUT_S")
+    # Static membership (KIP-345): a stable name per worker process (a StatefulSet pod
+    # name, a systemd instance), unique within each group. A worker that restarts within
+    # the session timeout takes its partitions back without a rebalance. A static member
+    # does not leave the group on a clean stop: its partitions wait for the session
+    # timeout, so leave this unset where workers come and go (autoscaling).
+    group_instance_id: str | None = Field(None, min_length=1, max_length=200,
+                                          alias="OMNI_GROUP_INSTANCE_ID")
     kafka_idempotence: bool = Field(False, alias="OMNI_KAFKA_IDEMPOTENCE")
 
     email: EmailSettings = _section(EmailSettings)
@@ -276,6 +294,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit values first, then the process environment (the whole tree)."""
         return init_settings, _ProcessEnvironment(settings_cls)
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_the_session(self) -> Settings:
+        if self.kafka_heartbeat_interval_s * 3 > self.kafka_session_timeout_s:
+            raise ValueError(
+                f"OMNI_KAFKA_HEARTBEAT_INTERVAL_S ({self.kafka_heartbeat_interval_s}) must be "
+                f"at most a third of OMNI_KAFKA_SESSION_TIMEOUT_S "
+                f"({self.kafka_session_timeout_s}), or one late heartbeat evicts a live worker"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """The full topic name for one of ``router.topics``."""
