@@ -235,6 +235,7 @@ async def _demo(settings: Settings, n: int, keep_running: bool, workdir: Path) -
                 f"  agent API {base}/v1/queues  (token {DEMO_AGENT_TOKEN})\n"
                 f"  metrics   {base}/metrics and "
                 f"http://127.0.0.1:{settings.worker_web_port}/metrics\n"
+                f"  kafka     {settings.kafka_bootstrap} (embedded Tansu)\n"
                 f"  redis     {settings.redis_url} (keys {settings.redis_prefix}:*, kept)",
                 highlight=False, soft_wrap=True,
             )

@@ -17,19 +17,18 @@ import base64
 import contextlib
 import itertools
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
+
+from tests.demo_stack import running_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -54,88 +53,6 @@ def chromium_binary() -> str:
     if _CI:
         pytest.fail(message)
     pytest.skip(message)
-
-
-# --- the demo ---------------------------------------------------------------------------
-class Demo:
-    """``omniroute demo --keep-running`` in its own process group."""
-
-    def __init__(self, workdir: Path, redis_url: str) -> None:
-        self.workdir = workdir
-        self.log = workdir / "demo.out"
-        self.redis_url = redis_url
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, str] = {}
-
-    def start(self, messages: int = 60, timeout_s: float = 150.0) -> None:
-        env = {**os.environ, "REDIS_URL": self.redis_url, "COLUMNS": "250",
-               "NO_COLOR": "1", "TERM": "dumb"}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "omniroute", "demo", "--messages", str(messages),
-                 "--keep-running"],
-                cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while "redis" not in self.info:
-            text = self.log.read_text(errors="replace")
-            self.info = parse_demo_output(text)
-            if self.proc.poll() is not None:
-                pytest.fail(f"the demo exited {self.proc.returncode}:\n{text[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the demo printed no console URL in {timeout_s:.0f} s:\n"
-                            f"{text[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Ctrl-C, as a user stops it; then its Redis keys (it keeps them on purpose)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        prefix = self.info.get("prefix")
-        if prefix:
-            client = redis.Redis.from_url(self.info["redis"])
-            try:
-                for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-                    client.delete(key)
-            finally:
-                client.close()
-
-
-def parse_demo_output(text: str) -> dict[str, str]:
-    """The URLs and tokens ``demo --keep-running`` prints."""
-    out: dict[str, str] = {}
-    m = re.search(r"console\s+(http://127\.0\.0\.1:\d+)/console\?token=(\S+)\s+"
-                  r"\(viewer token (\S+)\)", text)
-    if m:
-        out.update(base=m.group(1), viewer=m.group(2))
-        assert m.group(2) == m.group(3)
-    m = re.search(r"agent API\s+\S+\s+\(token (\S+)\)", text)
-    if m:
-        out["agent"] = m.group(1)
-    m = re.search(r"metrics\s+(\S+)/metrics and (\S+)/metrics", text)
-    if m:
-        out.update(metrics_http=m.group(1), metrics_worker=m.group(2))
-    m = re.search(r"redis\s+(\S+) \(keys (\S+):\*", text)
-    if m:
-        out.update(redis=m.group(1), prefix=m.group(2))
-    return out
-
-
-@contextlib.contextmanager
-def running_demo(tmp_path: Path, redis_url: str, messages: int = 60) -> Iterator[Demo]:
-    """A demo with its stack up; stopped (and its keys deleted) on exit."""
-    demo = Demo(tmp_path, redis_url)
-    try:
-        demo.start(messages)
-        yield demo
-    finally:
-        demo.stop()
 
 
 # --- Chromium over the DevTools protocol ------------------------------------------------
