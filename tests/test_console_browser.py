@@ -4,8 +4,9 @@
 the console URL and token it prints, registers two agents through the agent API,
 opens the console in Chromium (driven over the DevTools protocol with aiohttp's
 websocket client) and checks the figures on the page against ``GET /v1/queues`` and
-``GET /console/api/snapshot``. It keeps a screenshot (docs/console.png, the README's)
-and checks the page fits a laptop and a wall screen without sideways scrolling.
+``GET /console/api/snapshot``, and that the page fits a laptop and a wall screen
+without sideways scrolling. It keeps a screenshot in its tmp_path; with
+``OMNI_UPDATE_SCREENSHOTS=1`` it also replaces docs/console.png, the README's.
 Everything it starts is stopped; it touches only loopback. Under ``CI=true`` a
 missing Chromium fails the test instead of skipping it.
 """
@@ -33,7 +34,8 @@ from tests.demo_stack import running_demo
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "docs" / "console.png"
+SCREENSHOT = ROOT / "docs" / "console.png"  # OMNI_UPDATE_SCREENSHOTS=1 refreshes it
+PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -241,9 +243,11 @@ async def test_console_in_chromium_shows_what_the_api_says(
                     assert label in text, label
 
                 assert await page.eval(NO_SIDEWAYS_SCROLL)
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                await page.screenshot(SCREENSHOT)
-                assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                shot = tmp_path / "console.png"
+                await page.screenshot(shot)
+                assert shot.read_bytes()[:8] == PNG
+                if os.environ.get("OMNI_UPDATE_SCREENSHOTS") == "1":
+                    shutil.copyfile(shot, SCREENSHOT)
 
                 # a laptop and a wall screen: no sideways scrolling, the text scales up
                 await page.viewport(1366, 768)
@@ -258,3 +262,11 @@ async def test_console_in_chromium_shows_what_the_api_says(
                 assert wall_px >= 1.8 * laptop_px, (laptop_px, wall_px)  # ~16 px -> ~33 px
                 await page.screenshot(tmp_path / "wall.png")
 
+
+
+def test_the_readme_screenshot_is_a_console_screenshot() -> None:
+    data = SCREENSHOT.read_bytes()
+    assert data[:8] == PNG
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1600, 1000)
+    assert "docs/console.png" in (ROOT / "README.md").read_text(encoding="utf-8")
