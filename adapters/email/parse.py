@@ -322,7 +322,9 @@ def to_envelope(
     text = "\n\n".join(p for p in (subject, mail.body) if p)
     if not text and not mail.attachments:
         raise MalformedMail("the mail has no subject, no text and no attachment")
-    text = clip(text)
+    # Attachments only: a placeholder like the other channels' ("[image]"); an empty
+    # text is no valid envelope on the wire (found by tests/test_email_fuzz.py).
+    text = clip(text) or f"[{mail.attachments[0].kind}]"
     handle = f"{mail.from_name} <{address}>" if mail.from_name else address
     # No subject in meta: meta is not PII-masked, the text (which starts with it) is.
     meta: dict[str, str | int] = {}
