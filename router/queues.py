@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from .keys import Keys, bucket_of
@@ -180,6 +181,10 @@ return 1
 """
 
 
+_HMGET_LUA: Final = "return redis.call('HMGET', KEYS[1], unpack(ARGV))"  # tiers (cluster)
+_ZREM_LUA: Final = "return redis.call('ZREM', KEYS[1], unpack(ARGV))"  # enqueue marks (cluster)
+
+
 class ReplicationLag(RedisError):
     """Fewer replicas than ``wait_replicas`` acknowledged a batch step's writes in time (or
     the slot moved meanwhile); the step is retried, its effects being idempotent."""
@@ -255,6 +260,7 @@ class RedisQueueStore:
         self.repeat_window_ms = int(repeat_window_s * 1000)
         self.sticky_window_ms = int(sticky_window_s * 1000)
         self.cluster = is_cluster_client(redis)
+        self._initialized = False
         self.wait_replicas: int = getattr(redis, "wait_replicas", 0)
         self.wait_timeout_ms: int = getattr(redis, "wait_timeout_ms", 2000)
         self._tiers = _TierCache(tier_cache_ttl_s, tier_cache_size)
@@ -263,22 +269,45 @@ class RedisQueueStore:
         self._decide = redis.register_script(_DECIDE_LUA)
         self._queue = redis.register_script(_QUEUE_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
+        self._tiers_script = redis.register_script(_HMGET_LUA)
+        self._unmark = redis.register_script(_ZREM_LUA)
 
     def configure(self, *, repeat_window_s: float, sticky_window_s: float) -> None:
         """Apply windows from a reloaded routing configuration."""
         self.repeat_window_ms = int(repeat_window_s * 1000)
         self.sticky_window_ms = int(sticky_window_s * 1000)
 
+    async def _initialize(self) -> None:
+        """A cluster client learns the slot map before the first concurrent calls (redis-py
+        breaks connections when several calls trigger its lazy initialisation at once)."""
+        if self.cluster and not self._initialized:
+            await self.redis.initialize()
+            self._initialized = True
+
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """One script call on the slot of ``keys`` (all in one slot on a cluster); with
         ``wait_replicas``, followed on the same connection by ``WAIT``."""
-        if not (self.cluster and self.wait_replicas):
+        if not self.cluster:
+            return await script(keys=keys, args=args)
+        try:
+            return await self._run_cluster(script, keys, args)
+        except AttributeError as exc:
+            # redis-py's cluster client refreshes its slot map after a failed call by
+            # closing every connection, also those other calls are using at that moment
+            raise RedisConnectionError(f"connection reset by a topology refresh ({exc})"
+                                       ) from exc
+
+    async def _run_cluster(self, script: AsyncScript, keys: list[str], args: list[Any]
+                           ) -> Any:
+        if not self.wait_replicas:
             return await script(keys=keys, args=args)
         rc: Any = self.redis
         node = rc.get_node_from_key(keys[0])
         for attempt in (1, 2):
             pipe = rc.pipeline()
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # (the pipeline's evalsha() is refused in cluster mode; the raw command is not)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args,
+                                 target_nodes=node)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms,
                                  target_nodes=node)
             try:
@@ -300,6 +329,7 @@ class RedisQueueStore:
         Cluster: one call per routing bucket, concurrently, and one tier read."""
         if not envelopes:
             return []
+        await self._initialize()
         cached = [self._tiers.get(env.customer.id, now_ms) for env in envelopes]
         uncached = sorted({env.customer.id for env, hit in zip(envelopes, cached, strict=True)
                            if not hit[0]})
@@ -325,7 +355,8 @@ class RedisQueueStore:
 
             async def tier_read() -> None:
                 if uncached:
-                    values = await self.redis.hmget(self.keys.customer_tiers(), uncached)
+                    values = await self._run(self._tiers_script, [self.keys.customer_tiers()],
+                                             uncached)
                     tiers.update(zip(uncached, (_text(v) for v in values), strict=True))
 
             await asyncio.gather(tier_read(), *(one(b) for b in buckets))
@@ -374,6 +405,7 @@ class RedisQueueStore:
         if not decisions:
             return []
         if self.cluster:
+            await self._initialize()
             return await self._enqueue_cluster(decisions, encoded)
         keys: list[str] = [self.keys.groups()]
         args: list[str | int | float | bytes] = [
@@ -450,8 +482,8 @@ class RedisQueueStore:
             await self._run(self._settle, dkeys + [c[0] for c in convs], args)
 
         await asyncio.gather(*(settle_one(*v) for v in settle.values()))
-        if to_queue:
-            await self.redis.zrem(self.keys.enqueued(), *(row[0] for row in to_queue))
+        # every id of the batch: a crash may have come after some buckets had settled
+        await self._run(self._unmark, [self.keys.enqueued()], [d.message_id for d in decisions])
         return stored
 
     async def stats(self, now_ms: int) -> dict[str, QueueStats]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, SlotNotCoveredError
 
 from ..skills.tagger import TagResult
 from . import kafka, topics
@@ -48,8 +48,9 @@ __all__ = ["BatchResult", "BatchRouter", "Prepared"]
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_BATCHES = 2  # decided batches whose effects may be applying at once
 MAX_REASON_CHARS = 1000  # a dead letter's reason is cut to this; the record is kept whole
-#: What a batch step retries on (with backoff) instead of skipping the batch.
-TRANSIENT = (RedisError, KafkaError, OSError, BrokerUnavailable)
+#: What a batch step retries on (with backoff) instead of skipping the batch; a Redis
+#: Cluster leaves a slot uncovered for a moment while a replica takes over.
+TRANSIENT = (RedisError, SlotNotCoveredError, KafkaError, OSError, BrokerUnavailable)
 
 
 @dataclass(frozen=True, slots=True)

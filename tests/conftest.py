@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from omniroute.admin import ensure_topics
-from omniroute.embedded import redis_answers, start_broker, start_redis
+from omniroute.embedded import redis_answers, start_broker, start_redis, start_redis_cluster
 from omniroute.router.settings import Settings
 
 TEST_TOKEN = "test-ingest-token"
@@ -38,6 +38,22 @@ def redis_url() -> Iterator[str]:
         return
     with start_redis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real three-primary Redis Cluster (valkey-server in cluster mode) for the session."""
+    with start_redis_cluster(primaries=3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs twice: on the standalone Redis and on a Redis Cluster
+    (``redis+cluster://``). The cluster starts on first use only."""
+    name = "redis_url" if request.param == "standalone" else "redis_cluster_url"
+    url: str = request.getfixturevalue(name)
+    return url
 
 
 @pytest.fixture
