@@ -109,10 +109,15 @@ def _install_routes(
     if redis is None:
         log.warning("console not installed: the HttpContext has no Redis client")
         return
+    try:
+        sla = _sla_config(ctx.settings)
+    except OmniError as exc:  # an ingest-only node may run without sla.yaml
+        log.warning("console not installed: %s", exc)
+        return
     digests = [console_digest(t) for t in tokens if t]
     feed = ConsoleFeed(ctx.settings, console, ctx.now_ms)
     builder = SnapshotBuilder(
-        redis, ctx.keys, feed, _sla_config(ctx.settings), console,
+        redis, ctx.keys, feed, sla, console,
         _group_names(ctx.settings), live_ttl_s=ctx.settings.agent_api.agent_live_ttl_s,
     )
     closing = asyncio.Event()

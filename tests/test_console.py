@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -293,3 +294,30 @@ async def test_events_push_a_snapshot_every_interval(console: tuple[Client, Fake
     snaps = [orjson.loads(e["data"]) for e in events]
     assert {"groups", "rooms", "banner", "decisions", "feed"} <= set(snaps[0])
     assert snaps[0]["at_ms"] < snaps[2]["at_ms"]  # each event is a fresh snapshot
+
+
+def test_console_settings_come_from_the_one_settings_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMNI_CONSOLE_TOKENS", '["wall-1", "wall-2"]')
+    monkeypatch.setenv("OMNI_CONSOLE_PUSH_S", "2")
+    s = Settings()
+    assert [t.get_secret_value() for t in s.console.viewer_tokens] == ["wall-1", "wall-2"]
+    assert s.console.push_s == 2.0
+    assert "wall-1" not in repr(s)
+    monkeypatch.setenv("OMNI_CONSOLE_PUSH_S", "0.01")  # a push storm is refused
+    with pytest.raises(ValueError, match="OMNI_CONSOLE_PUSH_S"):
+        Settings()
+
+
+async def test_without_sla_config_the_console_stays_out_of_the_way(
+    topics_ready: Settings, aredis: Redis, tmp_path: Path
+) -> None:
+    bare = topics_ready.model_copy(update={"config_dir": tmp_path})  # no sla.yaml here
+    ctx = HttpContext(bare, EnvelopeProducer(bare), AdapterMetrics(CollectorRegistry()),
+                      redis=aredis)
+    app = build_http_app(ctx, installers=[console_installer(ConsoleSettings.model_validate(
+        {"OMNI_CONSOLE_TOKENS": [SecretStr(VIEWER)]}))])
+    async with TestClient(TestServer(app)) as tc:
+        assert (await tc.get("/console/api/snapshot", headers=_bearer(VIEWER))).status == 404
+        assert (await tc.get("/healthz")).status == 200  # the rest of the app serves
