@@ -46,7 +46,14 @@ from .router.settings import default_config_dir
 from .skills.config import load_config
 from .skills.exceptions import ConfigError
 from .sla.config import SlaConfig, load_sla_config
-from .sla.forecast import BucketRing, ForecastState, GroupLoad, SurgeForecaster, arrival_scopes
+from .sla.forecast import (
+    BucketRing,
+    ForecastState,
+    GroupLoad,
+    SurgeForecaster,
+    arrival_scopes,
+    heat_of,
+)
 from .sla.state import ConvState, SlaEngine, parse_member
 from .sla.surge import ScopeState, SurgeDetector, slots_for_service_level
 
@@ -353,9 +360,8 @@ class Rehearsal:
                 t_s = (heat_next - self.t0) / 1000
                 for h in sc.heat:
                     x = _level(h.profile, t_s)
-                    c = self.sla.surge
-                    heat = (h.viewers_per_s * x * c.heat_per_viewer + h.gifts_per_s * x
-                            * c.heat_per_gift + h.likes_per_s * x * c.heat_per_like)
+                    heat = heat_of(self.sla.surge, h.viewers_per_s * x, h.gifts_per_s * x,
+                                   h.likes_per_s * x)
                     ring.add(heat_next, {f"heat:room:{h.room}": heat, "heat:all": heat})
                 heat_next += 1000
             # agent events due
@@ -482,7 +488,7 @@ class Rehearsal:
                 order.popleft()  # claimed since
             oldest = order[0][0] if order and q else now
             out[g] = GroupLoad(len(agents), sum(a.slots for a in agents), len(q),
-                               (now - oldest) / 1000)
+                               (now - oldest) / 1000, busy=sum(a.active for a in agents))
         return out
 
     @staticmethod

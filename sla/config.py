@@ -194,6 +194,7 @@ class ForecastConfig(_Frozen):
     clear_s: float = Field(default=120.0, gt=0)  # calm this long: the warning is re-armed
     drain_s: float | None = Field(default=None, gt=0)  # also staff to drain the backlog in
     ewma_alpha: float = Field(default=0.05, gt=0, le=1)  # baselines: weight of a bucket
+    aht_alpha: float = Field(default=0.005, gt=0, le=1)  # learned handling time: weight of a bucket
     heat_channel: Channel = Channel.LIVESTREAM  # the channel live-room heat leads
     heat_lead_s: float = Field(default=30.0, ge=0)  # heat shows up in arrivals after this
     heat_arrivals_per_unit: float | None = Field(default=None, ge=0)  # None: learned
@@ -248,6 +249,8 @@ class SurgeConfig(_Frozen):
     min_rate_per_min: float = Field(default=10.0, ge=0)  # below: never a surge
     start_ratio: float = Field(default=2.0, gt=1)
     start_windows: int = Field(default=2, ge=1)
+    # ... and the rise stands this far out of the Poisson noise of window and baseline
+    start_z: float = Field(default=3.0, ge=0)
     clear_ratio: float = Field(default=1.3, gt=0)
     clear_windows: int = Field(default=2, ge=1)
     incident_tag_share: float = Field(default=0.5, gt=0, le=1)  # tag's share of all arrivals

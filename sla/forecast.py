@@ -44,10 +44,10 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .config import ScheduledPeak, SurgeConfig
-from .surge import service_level, slots_for_service_level
+from .surge import poisson_z, service_level, slots_for_service_level
 
 __all__ = [
     "BucketRing",
@@ -56,7 +56,12 @@ __all__ = [
     "GroupLoad",
     "SurgeForecaster",
     "arrival_scopes",
+    "heat_of",
 ]
+
+#: the configured handling time weighs as much as this many observed completions (a
+#: shrinkage prior: a few minutes of a desk's completions are too noisy to replace it)
+AHT_PRIOR_COMPLETIONS: Final = 300
 
 
 def arrival_scopes(group: str, channel: str, tags: Sequence[str]) -> list[str]:
@@ -67,14 +72,24 @@ def arrival_scopes(group: str, channel: str, tags: Sequence[str]) -> list[str]:
     return out
 
 
+def heat_of(config: SurgeConfig, viewers: float, gifts: float, likes: float) -> float:
+    """Live-room heat of one push (or one second of pushes): the one formula of the
+    rehearsal and the worker."""
+    return (viewers * config.heat_per_viewer + gifts * config.heat_per_gift
+            + likes * config.heat_per_like)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupLoad:
-    """What the group has now: logged-in agents and slots, its queue."""
+    """What the group has now: logged-in agents and slots, its queue, and the slots in
+    use (``busy``; None where unknown: the handling time then learns only while the
+    queue waits, when every slot is busy)."""
 
     agents: int
     slots: int
     depth: int = 0
     oldest_wait_s: float = 0.0
+    busy: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +122,9 @@ class ForecastState:
     buckets_seen: int = 0  # no trend and no warning before a full trend window
     baselines: dict[str, float] = field(default_factory=dict)  # scope -> per s (EWMA)
     aht: dict[str, float] = field(default_factory=dict)  # group -> learned AHT
+    # group -> [busy slots EWMA, completions per s EWMA, samples, completions seen,
+    # first completion ms] (Little's law: AHT = busy / completions, a ratio of means)
+    aht_obs: dict[str, list[float]] = field(default_factory=dict)
     heat_k: float | None = None  # arrivals of heat_channel per heat unit (learned)
     warned: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> advice
     incidents: dict[str, float] = field(default_factory=dict)  # tag -> calm since ms
@@ -211,7 +229,7 @@ class SurgeForecaster:
         signals += self._scheduled(now_ms, end_ms, rates, loads, st)
         signals += self._incidents(now_ms, end_ms, buckets, st)
         if new_bucket:
-            self._learn(now_ms, rates, out, st)
+            self._learn(now_ms, rates, loads, st)
             st.last_bucket = last_bucket
             st.buckets_seen += 1
         return st, signals, out
@@ -227,13 +245,18 @@ class SurgeForecaster:
     def _now(self, series: Sequence[float] | None) -> float:
         return sum(series[-self.n_short:]) / self.n_short if series else 0.0
 
-    def _level(self, series: Sequence[float] | None,
-               base: float | None) -> tuple[float, float]:
+    def _level(self, series: Sequence[float] | None, base: float | None,
+               seen: int = 0) -> tuple[float, float]:
         """(rate now, trend), per s and per s². A rate that has not moved out of the
         Poisson noise of its baseline is the baseline (a busy minute is not a change of
         load: Erlang C already counts with the randomness); otherwise the mean of
         ``short_s`` after a step, the least-squares line at the newest bucket on a
-        trend, else the mean of the trend window."""
+        trend, else the mean of the trend window.
+
+        A step is judged by :func:`poisson_z` of the arrivals of ``short_s`` against
+        the baseline's, over the span of data the baseline stands for (the buckets
+        seen, at most the EWMA's effective span): a baseline learned from two minutes
+        of a quiet group is uncertain, and a lone burst over it is not a new level."""
         if not series:
             return 0.0, 0.0
         z = self.fc.step_z
@@ -243,7 +266,11 @@ class SurgeForecaster:
         ref = base if base is not None else mean
         floor = 1 / self.bucket_s
         short = self._now(series)
-        if abs(short - ref) > z * math.sqrt(max(ref, floor) / (self.n_short * self.bucket_s)):
+        t_short = self.n_short * self.bucket_s
+        alpha = self.fc.ewma_alpha
+        t_base = self.bucket_s * max(1.0, min(float(seen), (2 - alpha) / alpha))
+        ref_floor = max(ref, self.config.min_baseline_per_min / 60)
+        if abs(poisson_z(short * t_short, t_short, ref_floor * t_base, t_base)) > z:
             return short, 0.0  # a step: a new level, not a trend
         if slope:
             return max(0.0, mean + slope * self.bucket_s * (n - 1) / 2), slope
@@ -308,7 +335,7 @@ class SurgeForecaster:
     ) -> GroupForecast:
         fc = self.fc
         series = rates.get(f"a:group:{g}")
-        lam, slope = self._level(series, st.baselines.get(f"a:group:{g}"))
+        lam, slope = self._level(series, st.baselines.get(f"a:group:{g}"), st.buckets_seen)
         aht = self.aht_of(g, st)
         target = self.target_of(g)
         heat_rate = self._heat_rate(g, rates, st)
@@ -602,7 +629,7 @@ class SurgeForecaster:
 
     # --- learning -----------------------------------------------------------------
     def _learn(self, now_ms: int, rates: Mapping[str, list[float]],
-               forecasts: Mapping[str, GroupForecast], st: ForecastState) -> None:
+               loads: Mapping[str, GroupLoad], st: ForecastState) -> None:
         """Baselines, heat weight and handling times learn from the newest bucket."""
         # a running mean until 1 / alpha buckets are seen, an EWMA after
         a = max(self.fc.ewma_alpha, 1 / (st.buckets_seen + 1))
@@ -630,11 +657,33 @@ class SurgeForecaster:
         heat_now = self._now(rates.get("heat:all"))
         if heat > 0 and ch > 0 and quiet and heat_now <= heat * self.config.start_ratio:
             st.heat_k = ch / heat
-        for g, f in forecasts.items():
-            # saturated (queue waiting): completions per slot give the handling time
-            if f.depth > 0 and f.service_per_s > 0 and f.slots > 0:
-                observed = f.slots / f.service_per_s
-                configured = self.fc.groups.get(g)
-                ref = configured.aht_s if configured and configured.aht_s else self.config.aht_s
-                observed = min(max(observed, ref / 4), ref * 4)
-                st.aht[g] = f.aht_s + a * (observed - f.aht_s)
+        for g, load in loads.items():
+            # Little's law: handling time = slots in use / completions per second, both
+            # averaged over many buckets (the ratio of one short window's figures is
+            # biased upwards, and a queue that waits picks the windows of few completions)
+            busy = load.busy if load.busy is not None else (
+                load.slots if load.depth > 0 and load.slots > 0 else None)
+            if busy is None:
+                continue
+            done = (rates.get(f"s:group:{g}") or [0.0])[-1]
+            if g not in st.aht_obs:
+                if done <= 0:
+                    continue
+                st.aht_obs[g] = [float(busy), done, 0.0, 0.0, float(now_ms)]
+            obs = st.aht_obs[g]
+            configured = self.fc.groups.get(g)
+            ref = configured.aht_s if configured and configured.aht_s else self.config.aht_s
+            if now_ms - obs[4] < 2 * ref * 1000:
+                continue  # Little's law holds in steady state, not while a desk fills up
+            w = max(self.fc.aht_alpha, 1 / (obs[2] + 1))
+            obs[0] += w * (busy - obs[0])
+            obs[1] += w * (done - obs[1])
+            obs[2] += 1
+            obs[3] += done * self.bucket_s
+            if obs[1] > 0:
+                # completions behind the averages: those seen, at most the EWMA's span
+                a_span = (2 - self.fc.aht_alpha) / self.fc.aht_alpha * self.bucket_s
+                n = min(obs[3], obs[1] * a_span)
+                observed = min(max(obs[0] / obs[1], ref / 4), ref * 4)
+                st.aht[g] = (AHT_PRIOR_COMPLETIONS * ref + n * observed) / (
+                    AHT_PRIOR_COMPLETIONS + n)

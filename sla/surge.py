@@ -8,7 +8,10 @@ a window has closed, one worker (a ``SET NX`` lock per window) evaluates it:
 * baseline: an EWMA of the per-minute rate, learning only while no surge is on
   (a surge must not become the new normal);
 * ``surge.start`` when the rate is >= ``start_ratio`` x baseline (and at least
-  ``min_rate_per_min``) for ``start_windows`` consecutive windows; ``surge.clear``
+  ``min_rate_per_min``) for ``start_windows`` consecutive windows, and the rise of
+  arrivals stands ``start_z`` out of the noise (the likelihood-ratio z of the window
+  against the windows the baseline stands for: a baseline learned from one quiet
+  window is no ground for a surge, and such windows teach the baseline); ``surge.clear``
   when it is < ``clear_ratio`` x baseline for ``clear_windows`` windows;
 * ``incident`` when one tag is >= ``incident_tag_share`` of all arrivals,
   >= ``incident_ratio`` x its own baseline and grows at least twice as fast as all
@@ -46,6 +49,7 @@ __all__ = [
     "SurgeWindows",
     "erlang_b",
     "erlang_c",
+    "poisson_z",
     "service_level",
     "slots_for_service_level",
 ]
@@ -95,6 +99,22 @@ def slots_for_service_level(
         if n > MAX_SERVERS:
             return MAX_SERVERS
     return n
+
+
+def poisson_z(k1: float, t1: float, k2: float, t2: float) -> float:
+    """Signed root of the likelihood-ratio statistic of "two Poisson rates are equal"
+    for ``k1`` events in ``t1`` against ``k2`` in ``t2`` (positive when the first rate
+    is higher). Unlike the normal approximation it stays calibrated at the handful of
+    arrivals a quiet group has in a few seconds, and the second count's own noise (a
+    baseline learned from little data) is part of it."""
+    n = k1 + k2
+    if n <= 0 or t1 <= 0 or t2 <= 0:
+        return 0.0
+    e1 = n * t1 / (t1 + t2)
+    e2 = n - e1
+    g = 2 * ((k1 * math.log(k1 / e1) if k1 > 0 else 0.0)
+             + (k2 * math.log(k2 / e2) if k2 > 0 else 0.0))
+    return math.copysign(math.sqrt(max(g, 0.0)), k1 - e1)
 
 
 @dataclass(slots=True)
@@ -176,7 +196,8 @@ class SurgeDetector:
                 ref = max(base, c.min_baseline_per_min)
                 ratio = rate / ref
                 info["ratio"] = round(ratio, 3)
-                hot = rate >= c.min_rate_per_min and ratio >= c.start_ratio
+                hot = (rate >= c.min_rate_per_min and ratio >= c.start_ratio
+                       and self._significant(scope, count, ref, st.windows))
                 st.above = st.above + 1 if hot else 0
                 if st.active:
                     st.below = st.below + 1 if ratio < c.clear_ratio else 0
@@ -197,6 +218,18 @@ class SurgeDetector:
             st.windows += 1
             new_states[scope] = st
         return new_states, signals
+
+    def _significant(self, scope: str, count: float, ref_per_min: float,
+                     windows: int) -> bool:
+        """Whether ``count`` arrivals in a window stand ``start_z`` over the baseline,
+        counting the baseline's own noise (it stands for the windows seen, at most the
+        EWMA's effective span). Heat is not a count of arrivals: no test."""
+        if scope.startswith("heat:"):
+            return True
+        a = self.config.ewma_alpha
+        span = max(1.0, min(float(windows), (2 - a) / a))
+        per_window = ref_per_min * self.config.window_s / 60
+        return poisson_z(count, 1.0, per_window * span, span) >= self.config.start_z
 
     def _incident(
         self, st: ScopeState, info: dict[str, Any], count: float, total: float, ratio: float,

@@ -78,6 +78,20 @@ def test_double11_promotion_is_advised_30_minutes_ahead(tmp_path: Path) -> None:
         assert x["signal"]["evidence"]["starts_in_s"] == 1800.0
         assert x["signal"]["predicted_breach_in_s"] >= 1800
         assert x["signal"]["extra_agents"] > 0
+    # the scheduled advice is the first signal: no warning out of a thin early baseline
+    # (a 15 s burst of a quiet group over a baseline of two minutes), no surge.start of a
+    # tag whose baseline is one window, no handling time learned while the desk fills up
+    assert s["first_signal_s"] == 300.0
+    assert s["first_signal"] in ("surge.warning group:livestream", "surge.warning group:payment")
+    signals = [x for x in lines if x["run"] == "no_advice" and "signal" in x]
+    assert all(x["t_s"] >= 300.0 for x in signals)
+    horizon = 300.0  # warning_horizon_s: before it, only the schedule gives reason to warn
+    quiet = [x["signal"] for x in signals if x["t_s"] < s["mark_s"] - horizon]
+    assert quiet
+    assert all(w["type"] == "surge.warning" and w["cause"] == "scheduled" for w in quiet)
+    ahead = [x["signal"] for x in signals if x["t_s"] < s["mark_s"]]
+    assert all(w["type"] == "surge.warning" and (
+        w["cause"] == "scheduled" or "scheduled" in w["evidence"]["drivers"]) for w in ahead)
 
 
 def test_payment_outage_is_flagged_as_an_incident_within_60_s() -> None:
