@@ -381,3 +381,39 @@ async def test_only_a_growing_folder_counts_as_new_mail(settings: Settings,
     p._on_size(b"EXPUNGE", 2)
     p._on_size(b"EXISTS", 3)
     assert p._announced
+
+
+HOSTILE_MAILS = [
+    b"\r\n\r\njust a body, no headers",  # no header fields
+    b"From: a@example.com\r\n\r\n",  # nothing to read
+    b"Subject: no sender\r\n\r\nbody\r\n",
+    b"From: a@b.example\r\nPrecedence: bu\xe9lk\r\nContent-Disposition: at\xe9tachment\r\n"
+    b"Subject: \xff\xfe\r\n\r\n8-bit header fields\r\n",
+    b"From: =?x?Q?" + b"=" * 500 + b"?=\r\nSubject: s\r\n\r\nx\r\n",
+    b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    + b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 60,
+    b"From: a@example.com\r\nContent-Type: image/png\r\n\r\nonly an attachment\r\n",
+]
+
+
+async def test_hostile_mail_never_wedges_the_poller(
+    dovecot: Dovecot, topics_ready: Settings, aredis: Redis
+) -> None:
+    """Issue 11's poison record, IMAP form: a message the parser cannot use must be
+    flagged \\Seen and skipped, never crash the poller into a reconnect loop that
+    leaves it (and every later mail) UNSEEN."""
+    for raw in HOSTILE_MAILS:
+        dovecot.append(raw)
+    dovecot.append(mail("after-poison@example.com", "still delivered"))
+    p, producer = await make_poller(topics_ready, aredis, dovecot)
+    async with producer, p:
+        got = await consume(topics_ready, lambda envs: any(
+            e.channel_msg_id == "after-poison@example.com" for e in envs))
+        deadline = time.monotonic() + 15  # the last \Seen follows the last produce
+        while await asyncio.to_thread(dovecot.unseen):
+            assert time.monotonic() < deadline, "mail left UNSEEN"
+            await asyncio.sleep(0.1)
+        assert p.connects == 1
+    texts = {e.text for e in got}
+    assert "order\n\nstill delivered" in texts
+    assert "[image]" in texts  # the attachment-only mail
