@@ -23,6 +23,7 @@ RELAXATIONS: Final = "omni_relaxations_total"  # waited past relax_after_s [from
 QUEUE_DEPTH: Final = "omni_queue_depth"  # messages waiting per skill group [skill_group]
 QUEUE_OLDEST_AGE: Final = "omni_queue_oldest_age_seconds"  # age of the oldest waiting [group]
 BATCH_SIZE: Final = "omni_router_batch_records"  # records per consumed batch
+CONSUMER_LAG: Final = "omni_router_consumer_lag_records"  # highwater - position [partition]
 CONFIG_VERSION: Final = "omni_config_info"  # 1 for the active config version [version]
 CONFIG_RELOADS: Final = "omni_config_reloads_total"  # reload attempts [result]
 
@@ -83,6 +84,11 @@ class RouterMetrics:
             "Records per consumed batch",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            CONSUMER_LAG,
+            "Records of omni.inbound not yet consumed by this worker (highwater - position)",
+            ["partition"], registry=registry,
         )
         self.config_info = Gauge(
             CONFIG_VERSION, "Active routing configuration", ["version"], registry=registry

@@ -19,6 +19,7 @@ failures retry the same batch with backoff instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -209,7 +210,20 @@ class BatchRouter(Lifecycle):
         if fetch.cancelled() or not fetch.done():
             return {}
         batch: dict[Any, list[ConsumerRecord[bytes, bytes]]] = fetch.result()
+        await self._observe_lag(consumer)
         return batch
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Consumer lag per owned partition: the broker's highwater (as of the last fetch)
+        minus this worker's position (the next offset it will read)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):  # revoked meanwhile
+                position = await consumer.position(tp)
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(
+                    max(0, highwater - position))
 
     async def _finish_and_commit(
         self, prepared: Prepared, offsets: dict[Any, int], previous: asyncio.Future[None] | None

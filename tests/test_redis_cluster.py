@@ -199,7 +199,12 @@ async def test_the_router_worker_routes_each_message_into_one_queue_once(
         async with EnvelopeProducer(settings) as producer:
             await producer.send_envelopes(envs)
             await producer.send_envelopes(envs[:200])  # duplicates on the topic
-        await _route(_router(settings, redis), len(envs) + 200)
+        router = _router(settings, redis)
+        await _route(router, len(envs) + 200)
+        # consumer lag per partition: every partition was read to its end
+        lag = [router.metrics.registry.get_sample_value(
+            "omni_router_consumer_lag_records", {"partition": str(p)}) for p in range(4)]
+        assert lag == [0.0] * 4
         queued = await _queued(redis, keys)
         assert len(queued) == len(envs)
         assert set(queued) == {e.id for e in envs}
