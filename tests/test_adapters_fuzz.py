@@ -3,7 +3,9 @@
 Every endpoint of the WeChat, WeCom and Douyin adapters is fed random and
 hostile input, both unsigned and correctly signed (so that parsing and
 decryption are reached). The only 5xx allowed is a deliberate 503. After the
-storm the app still serves a valid request.
+storm the app still serves a valid request. Each test has a fixed example budget
+and a per-example deadline (tests/fuzz_profile.py); inputs of issue 11 that
+concern parsing are pinned with ``@example``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
@@ -25,6 +27,7 @@ from omniroute.adapters.wechat import MessageCipher, WeChatConfig, sha1_signatur
 from omniroute.adapters.wechat import make_installer as callback_installer
 from omniroute.adapters.wecom import WeComConfig
 from omniroute.router.settings import Settings
+from tests.fuzz_profile import fuzz_settings
 from tests.test_douyin import SECRETS, douyin_sign, secrets
 from tests.test_wechat import AES_KEY, APP_ID, TOKEN, Edge, accounts, edge, text_xml
 from tests.test_wecom import CORP, KEY, wecom_accounts
@@ -32,11 +35,15 @@ from tests.test_wecom import TOKEN as WECOM_TOKEN
 
 pytestmark = pytest.mark.integration
 
-FUZZ = settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(max_examples=120)
+# Issue 11, item 11: GBK bytes where UTF-8 is expected
+GBK_XML = ("<xml><ToUserName>gh</ToUserName><FromUserName>u</FromUserName><CreateTime>1"
+           "</CreateTime><MsgType>text</MsgType><Content>主播好美，退款呢</Content>"
+           "<MsgId>1</MsgId></xml>").encode("gbk")
+GBK_JSON = '[{"msg_id": "g1", "sec_openid": "v", "content": "主播好美"}]'.encode("gbk")
+# Issue 11, item 1: JSON types where another is expected (true / 5 / 1.5 for a list)
+WRONG_TYPES = (b'[{"msg_id": true, "sec_openid": 5, "content": 1.5, "timestamp": "x",'
+               b' "gift_num": [1], "like_num": 1e400}]')
 
 HOSTILE_XML = [
     b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 '
@@ -116,6 +123,7 @@ def _ok(status: int) -> bool:
 @FUZZ
 @given(body=xml_bodies(), query=queries, signed=st.booleans(), account=st.sampled_from(
     ["shop", "shop", "shop", "secure", "nobody", "%00", "a" * 300]))
+@example(body=GBK_XML, query={}, signed=True, account="shop")
 async def test_wechat_post_fuzz(app: Edge, body: bytes, query: dict[str, str], signed: bool,
                                 account: str) -> None:
     q = _clean(query)
@@ -192,6 +200,9 @@ header_value = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=12
                                              "x-signature", "x-other"]), header_value,
                             max_size=5),
     signed=st.sampled_from([True, True, True, False]))
+@example(body=GBK_JSON, msg_type="live_comment", headers={}, signed=True)
+@example(body=WRONG_TYPES, msg_type="live_comment", headers={}, signed=True)
+@example(body=WRONG_TYPES, msg_type="live_gift", headers={}, signed=True)
 async def test_douyin_fuzz(app: Edge, body: bytes, msg_type: str, headers: dict[str, str],
                            signed: bool) -> None:
     h: dict[str, Any] = {"x-msg-type": msg_type, **headers}
