@@ -131,3 +131,32 @@ class Keys:
     def surge_closed(self, window_index: int) -> str:
         """String with TTL: the worker that evaluated a closed surge window (a lock)."""
         return f"{self.prefix}:{{surge}}:closed:{window_index}"
+
+    # --- surge forecast (sla/forecast_store.py): {surge}, one slot with the windows --
+    def surge_bucket(self, bucket_index: int) -> str:
+        """Hash: forecast scope -> arrivals, completions or heat in one short bucket
+        (index = epoch ms // bucket ms; scopes: sla/forecast.py)."""
+        return f"{self.prefix}:{{surge}}:b:{bucket_index}"
+
+    def surge_seen(self, bucket_index: int) -> str:
+        """Set: ids of the records counted in one short bucket (message id, agent event
+        id, signal record offset), so a replayed batch is counted once."""
+        return f"{self.prefix}:{{surge}}:seen:{bucket_index}"
+
+    def forecast_state(self) -> str:
+        """String: the forecast's state JSON (baselines, learned handling times, warned
+        groups, active incidents, advised peaks, last evaluated bucket)."""
+        return f"{self.prefix}:{{surge}}:fstate"
+
+    def forecast_lease(self) -> str:
+        """String with TTL: the worker evaluating the forecast now (a lease token)."""
+        return f"{self.prefix}:{{surge}}:flease"
+
+    def forecast_groups(self) -> str:
+        """Hash: skill group -> its latest forecast JSON (every worker exports it)."""
+        return f"{self.prefix}:{{surge}}:fgroups"
+
+    def surge_suppressed(self) -> str:
+        """Set: tags whose window-detector ``incident`` was suppressed because the
+        forecast's was on (their ``incident.clear`` is suppressed too)."""
+        return f"{self.prefix}:{{surge}}:suppressed"
