@@ -6,7 +6,9 @@ no 5xx at all (no 503 either) and no SMTP 451 (the catch-all for a bug); every
 refusal is a specific 4xx in the route's JSON error form (SMTP: a specific
 5xx/4xx reply); a well-formed message drawn among the hostile ones is accepted;
 after the storm a good message is still accepted and reaches Kafka. The number
-of examples is bounded, and so is each test (pytest timeout).
+of examples is fixed and each example has a deadline (tests/fuzz_profile.py); each
+test is bounded too (pytest timeout). The inputs of issue 11 that concern parsing
+are pinned with ``@example``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import smtplib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -36,18 +39,15 @@ from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
 from tests.conftest import TEST_TOKEN
+from tests.fuzz_profile import fuzz_settings
 from tests.helpers import consume
 from tests.test_phone import CONFIG, PUBLIC, TCCC_AUTH, phone_settings
 from tests.test_phone import TOKEN as TWILIO_TOKEN
-from tests.test_smtp import Edge, build_edge
+from tests.test_smtp import MAILBOXES, Edge, build_edge
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-FUZZ = settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(max_examples=100)
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 HMAC_SECRET = "fuzz-hmac-secret"
 MAX_BODY = 8192
@@ -171,8 +171,35 @@ def hmac_sha256(key: bytes, data: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
+def _issue11(body: str | bytes, content_type: str = "application/json",
+             accepted: bool = False) -> tuple[bytes, dict[str, str], bool]:
+    raw = body.encode() if isinstance(body, str) else body
+    return raw, {"Content-Type": content_type, **AUTH}, accepted
+
+
+_RUN = uuid.uuid4().hex[:12]  # explicit examples meet the same Redis again on a rerun
+_MSG = '"customer": {"id": "c-fuzz"}, "text": "退款没到账"'
+
+
 @FUZZ
 @given(request=api_requests())
+# issue 11, item 1: a JSON type where a list is expected
+@example(request=_issue11(f'{{"channel_msg_id": "a-{_RUN}", {_MSG}, "attachments": true}}'))
+@example(request=_issue11(f'{{"channel_msg_id": "b-{_RUN}", {_MSG}, "attachments": 1.5}}'))
+# issue 11, item 11: NaN amounts, GBK bytes, a content type that is not JSON
+@example(request=_issue11(f'{{"channel_msg_id": "n-{_RUN}", {_MSG}, '
+                          '"order": {"id": "o1", "amount": NaN}}'))
+@example(request=_issue11(f'{{"channel_msg_id": "s-{_RUN}", {_MSG}, '
+                          '"order": {"id": "o1", "amount": "NaN"}}'))
+@example(request=_issue11(f'{{"channel_msg_id": "g-{_RUN}", {_MSG}}}'.encode("gbk")))
+@example(request=_issue11(f'{{"channel_msg_id": "t-{_RUN}", {_MSG}}}', "text/plain"))
+# issue 11, item 5: another channel's namespace claimed through the generic API
+@example(request=_issue11(f'{{"channel": "wechat", "account": "demo", '
+                          f'"channel_msg_id": "w-{_RUN}", {_MSG}}}', accepted=True))
+# issue 11, item 4: ID-shaped numbers (wrong check digit, 15 digits) and a landline
+@example(request=_issue11(f'{{"channel_msg_id": "p-{_RUN}", "customer": {{"id": "c"}}, '
+                          '"text": "身份证110105199001011234 旧证110105900101123 '
+                          '电话010-62345678"}', accepted=True))
 async def test_v1_messages_fuzz(http: tuple[Client, Settings],
                                 request: tuple[bytes, dict[str, str], bool]) -> None:
     client, _ = http
@@ -343,10 +370,24 @@ async def smtp_edge(topics_ready: Settings, aredis: Redis) -> AsyncIterator[Edge
         yield Edge(server, server._ctx)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def email_accounts(edge: Edge) -> set[str]:
+    return {s.labels["account"] for m in edge.ctx.metrics.registry.collect() for s in m.samples
+            if s.labels.get("channel") == "email" and "account" in s.labels}
+
+
+def accepted_mail(edge: Edge) -> float:
+    return sum(s.value for m in edge.ctx.metrics.registry.collect() for s in m.samples
+               if s.name == "omni_adapter_accepted_total" and s.labels.get("channel") == "email")
+
+
+@fuzz_settings(max_examples=60)
 @given(raw=mail_bodies, rcpts=st.lists(st.sampled_from(RCPTS), min_size=1, max_size=5),
        sender=st.sampled_from(["buyer@example.com", "", "a@b", "x"]))
+# issue 11, item 9: one mail to 20 addresses at our domain is at most one envelope, and
+# the made-up addresses never become metric labels
+@example(raw=f"From: a@example.com\r\nMessage-ID: <{_RUN}-20@x>\r\nSubject: s\r\n\r\nhi"
+         .encode(), rcpts=["kefu@shop.example"] + [f"u{i}@shop.example" for i in range(19)],
+         sender="buyer@example.com")
 async def test_smtp_fuzz(smtp_edge: Edge, raw: bytes, rcpts: list[str], sender: str) -> None:
     def session(smtp: smtplib.SMTP) -> tuple[list[int], int | None]:
         smtp.mail(sender)
@@ -364,8 +405,11 @@ async def test_smtp_fuzz(smtp_edge: Edge, raw: bytes, rcpts: list[str], sender: 
         smtp.send(smtplib.quotedata(wire.decode("latin-1")).encode("latin-1") + b"\r\n.\r\n")
         return codes, smtp.getreply()[0]
 
+    before = accepted_mail(smtp_edge)
     rcpt_codes, data_code = await smtp_edge.client(session)
     assert set(rcpt_codes) <= RCPT_CODES, rcpt_codes
+    assert accepted_mail(smtp_edge) - before <= 1  # one envelope per message at most
+    assert email_accounts(smtp_edge) <= {*MAILBOXES.split(","), "-"}
     assert data_code is None or data_code in DATA_CODES, data_code
     assert smtp_edge.metric("omni_adapter_rejected_total", channel="email", account="-",
                             reason="internal_error") == 0
