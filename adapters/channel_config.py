@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from ..router import format_validation_error
 from ..router.exceptions import ConfigError
 from ..router.http import HttpContext, Installer
+from ..router.pii import load_pii_policy
 from ..router.settings import Settings
 from .dedupe import DEFAULT_DEDUPE_TTL_S
-from .pii import load_pii_policy
 
 __all__ = [
     "CHANNELS_FILE",

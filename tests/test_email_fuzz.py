@@ -28,10 +28,10 @@ from redis.asyncio import Redis
 
 from omniroute.adapters.email.imap import ImapPoller
 from omniroute.adapters.email.parse import MalformedMail, parse_mail, to_envelope
-from omniroute.adapters.pii import mask_envelope
 from omniroute.router.http import HttpContext
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.models import Envelope
+from omniroute.router.pii import mask_envelope
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import EmailSettings, Settings
 from tests.fuzz_profile import fuzz_settings

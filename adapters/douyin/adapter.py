@@ -31,9 +31,9 @@ from ...router.events import ChatterRecord, ChatterRule, SignalRecord
 from ...router.exceptions import BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, Installer, read_limited
 from ...router.models import Channel, Envelope, message_id
+from ...router.pii import mask_envelope
 from ..channel_config import channel_installer
 from ..dedupe import Deduper
-from ..pii import mask_envelope
 from .chatter import ChatterRules
 from .config import PATH, DouyinConfig
 from .parse import LiveItem, comment_envelope, parse_items, signal_record

@@ -29,10 +29,10 @@ import aioimaplib
 from ...router.exceptions import BrokerUnavailable, ConfigError, OmniError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
+from ...router.pii import mask_envelope
 from ...router.retry import Backoff
 from ...router.settings import EmailSettings
 from ..dedupe import Deduper
-from ..pii import mask_envelope
 from .config import CHANNEL
 from .parse import MalformedMail, parse_mail, to_envelope
 from .smtp import dedupe_id

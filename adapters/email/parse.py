@@ -30,7 +30,7 @@ from ...router.models import (
     Envelope,
     message_id,
 )
-from ..pii import mask_pii
+from ...router.pii import mask_pii
 from ..text import clip
 from .text import html_to_text, normalise_subject, strip_quoted
 

@@ -42,9 +42,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from ...router.exceptions import BrokerUnavailable, ConfigError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
+from ...router.pii import mask_envelope
 from ...router.settings import EmailSettings
 from ..dedupe import Deduper
-from ..pii import mask_envelope
 from .config import CHANNEL
 from .parse import MalformedMail, parse_mail, to_envelope
 

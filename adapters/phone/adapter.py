@@ -20,9 +20,9 @@ from aiohttp import web
 from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, read_limited
 from ...router.models import Envelope
+from ...router.pii import mask_envelope
 from ...router.settings import PhoneSettings
 from ..dedupe import Deduper
-from ..pii import mask_envelope
 from .config import (
     CHANNEL,
     TCCC_PATH,

@@ -26,9 +26,9 @@ from aiohttp import web
 from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected, Unauthorized
 from ...router.http import HttpContext, Installer, read_limited
 from ...router.models import Channel
+from ...router.pii import mask_envelope
 from ..channel_config import channel_installer
 from ..dedupe import Deduper, produce_once
-from ..pii import mask_envelope
 from .config import CallbackSection, WeChatAccount, WeChatConfig, account_label
 from .crypto import MessageCipher
 from .parse import parse_xml, to_envelope
