@@ -104,6 +104,12 @@ ROWS: list[tuple[str, list[tuple[str, list[tuple[str, str]], str]]]] = [
             ("active {{version}}", f"max by (version) ({r.CONFIG_VERSION})"),
             ("reloads {{result}}", f"sum by (result) (increase({r.CONFIG_RELOADS}[1h]))"),
         ], "short"),
+        ("SLA config and reloads", [
+            ("active {{version}}", f"max by (version) ({s.SLA_CONFIG_VERSION})"),
+            ("reloads {{result}}", f"sum by (result) (increase({s.SLA_CONFIG_RELOADS}[1h]))"),
+        ], "short"),
+        ("Router consumer lag by partition", [
+            ("partition {{partition}}", f"max by (partition) ({r.CONSUMER_LAG})")], "short"),
         ("Edge requests and PII masked / s", [
             ("requests {{channel}}", f"sum by (channel) (rate({r.ADAPTER_REQUESTS}[1m]))"),
             ("masked {{kind}}", f"sum by (kind) (rate({r.ADAPTER_PII_MASKED}[1m]))"),
