@@ -51,6 +51,9 @@ from .parse import MalformedMail, parse_mail, to_envelope
 __all__ = ["InboundMailHandler", "SmtpServer"]
 
 log = logging.getLogger(__name__)
+# aiosmtpd's own logger writes every envelope sender at INFO ("sender: <address>",
+# ">> MAIL FROM:<address>"): personal data in the logs (tests/test_pii_audit.py).
+_LIBRARY_LOG = "mail.log"
 _NO_ACCOUNT = "-"  # metric label when no mailbox of ours is involved (bounded cardinality)
 
 
@@ -292,6 +295,9 @@ class SmtpServer(Lifecycle):
                 "(the one account for mail to any other address at OMNI_EMAIL_DOMAINS, "
                 "e.g. 'support'), or every recipient would be refused"
             )
+        library = logging.getLogger(_LIBRARY_LOG)
+        if library.level == logging.NOTSET:  # unless the operator set it on purpose
+            library.setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, host=self._config.smtp_host, port=self._config.smtp_port
