@@ -12,7 +12,8 @@ Admission: an agent token (``OMNI_AGENT_TOKENS``) or a viewer token
 (``OMNI_CONSOLE_TOKENS``), as ``Authorization: Bearer`` or, for a browser, a cookie set
 by signing in. The cookie holds a keyed digest of the token, not the token, and is
 valid under ``/console`` only: a leaked cookie opens the console, never the agent API.
-The figures are gathered by :mod:`sla.console_data` once per push for all viewers.
+The figures are gathered by :mod:`sla.console_data` once per push for all viewers;
+its Kafka feed starts with the first viewer (reading a little history back).
 """
 
 from __future__ import annotations
@@ -123,9 +124,8 @@ def _install_routes(
     closing = asyncio.Event()
 
     async def run_feed(_: web.Application) -> AsyncIterator[None]:
-        await feed.start()
-        yield
-        await feed.stop()
+        yield  # the feed starts with the first viewer: an ingest node nobody watches
+        await feed.stop()  # tails no topics
 
     async def end_streams(_: web.Application) -> None:
         closing.set()  # open event streams end, so shutdown does not wait for them
@@ -209,6 +209,7 @@ def _install_routes(
         return resp
 
     async def snapshot(_: web.Request) -> web.StreamResponse:
+        await feed.start()
         return web.Response(body=orjson.dumps(await builder.snapshot(ctx.now_ms())),
                             content_type="application/json",
                             headers={"Cache-Control": "no-store"})
@@ -218,6 +219,7 @@ def _install_routes(
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # nginx: pass each event on at once
         })
+        await feed.start()
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n\n")
         seq = 0
