@@ -223,7 +223,7 @@ def _install_routes(
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n\n")
         seq = 0
-        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+        with contextlib.suppress(ConnectionResetError):  # the viewer went away
             while not closing.is_set():
                 seq += 1
                 try:
