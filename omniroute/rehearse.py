@@ -53,6 +53,7 @@ from .sla.forecast import (
     SurgeForecaster,
     arrival_scopes,
     heat_of,
+    merge_window_signals,
 )
 from .sla.state import ConvState, SlaEngine, parse_member
 from .sla.surge import ScopeState, SurgeDetector, slots_for_service_level
@@ -318,6 +319,7 @@ class Rehearsal:
         window_ms = int(self.sla.surge.window_s * 1000)
         window_counts: dict[int, dict[str, float]] = {}
         dstates: dict[str, ScopeState] = {}
+        suppressed: set[str] = set()  # window incidents the forecast's made duplicates
         signals: list[dict[str, Any]] = []
         label = "advice" if follow else "no_advice"
         end_ms = self.t0 + int(sc.duration_s * 1000)
@@ -429,6 +431,7 @@ class Rehearsal:
                 staffing = {f"group:{g}": self._staffing(r, g) for g in r.agents}
                 dstates, out = detector.evaluate(window_counts.pop(closed_w, {}), dstates,
                                                  staffing)
+                out = merge_window_signals(out, fstate.incidents, suppressed)
                 for s in out:
                     s.update(window_s=self.sla.surge.window_s,
                              window_end_ms=(closed_w + 1) * window_ms, at_ms=now)

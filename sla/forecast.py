@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -57,6 +57,7 @@ __all__ = [
     "SurgeForecaster",
     "arrival_scopes",
     "heat_of",
+    "merge_window_signals",
 ]
 
 #: the configured handling time weighs as much as this many observed completions (a
@@ -77,6 +78,25 @@ def heat_of(config: SurgeConfig, viewers: float, gifts: float, likes: float) -> 
     rehearsal and the worker."""
     return (viewers * config.heat_per_viewer + gifts * config.heat_per_gift
             + likes * config.heat_per_like)
+
+
+def merge_window_signals(signals: Sequence[dict[str, Any]], active: Collection[str],
+                         suppressed: set[str]) -> list[dict[str, Any]]:
+    """The window detector's signals that go out beside the forecast's: its
+    ``incident`` for a tag whose forecast incident is on is a duplicate and is dropped
+    (the tag is remembered in ``suppressed``), and so is the ``incident.clear`` that
+    ends a dropped one (the forecast clears its own)."""
+    out: list[dict[str, Any]] = []
+    for s in signals:
+        tag = s.get("tag")
+        if s["type"] == "incident" and tag in active:
+            suppressed.add(str(tag))
+            continue
+        if s["type"] == "incident.clear" and tag in suppressed:
+            suppressed.discard(str(tag))
+            continue
+        out.append(s)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +630,10 @@ class SurgeForecaster:
                     st.incidents[tag] = float(now_ms)
                 elif now_ms - st.incidents[tag] >= self.fc.clear_s * 1000:
                     del st.incidents[tag]
+                    sig = self._base("incident.clear", f"tag:{tag}", rate, base, end_ms,
+                                     now_ms, span)
+                    sig.update(tag=tag, cause="incident")
+                    out.append(sig)
                 continue
             # one tag floods: most of the arrivals, far over its own baseline, and
             # growing much faster than the rest (a busy hour raises every tag alike)

@@ -25,6 +25,11 @@ SURGE_RATE: Final = "omni_surge_rate_per_minute"  # arrivals in the last window 
 SURGE_BASELINE: Final = "omni_surge_baseline_per_minute"  # learned EWMA baseline [scope]
 SURGE_EXTRA_AGENTS: Final = "omni_surge_extra_agents_needed"  # Erlang C shortfall [scope]
 SURGE_SIGNALS: Final = "omni_surge_signals_total"  # surge.start/clear/incident sent [type]
+# the surge forecast (sla/forecast.py): its latest evaluation, exported by every SLA worker
+FORECAST_WAIT: Final = "omni_forecast_predicted_wait_seconds"  # of an arrival now [skill_group]
+FORECAST_BREACH_IN: Final = "omni_forecast_breach_in_seconds"  # to the first breach [skill_group]
+FORECAST_RATE: Final = "omni_forecast_arrival_rate_per_minute"  # arrivals now [skill_group]
+FORECAST_EXTRA_AGENTS: Final = "omni_forecast_extra_agents"  # for the peak, reserve in [group]
 
 
 class SlaMetrics:
@@ -85,4 +90,20 @@ class SlaMetrics:
         )
         self.surge_signals = Counter(
             SURGE_SIGNALS, "Surge signals produced", ["type"], registry=registry
+        )
+        self.forecast_wait = Gauge(
+            FORECAST_WAIT, "Forecast: predicted wait of an arrival now (+Inf: the queue "
+            "never drains)", ["skill_group"], registry=registry,
+        )
+        self.forecast_breach_in = Gauge(
+            FORECAST_BREACH_IN, "Forecast: seconds to the first predicted SLA breach "
+            "(+Inf: none within the horizon)", ["skill_group"], registry=registry,
+        )
+        self.forecast_rate = Gauge(
+            FORECAST_RATE, "Forecast: estimated arrivals per minute now", ["skill_group"],
+            registry=registry,
+        )
+        self.forecast_extra_agents = Gauge(
+            FORECAST_EXTRA_AGENTS, "Forecast: agents to add for the projected peak "
+            "(Erlang C, with the staffing reserve)", ["skill_group"], registry=registry,
         )

@@ -47,11 +47,14 @@ from ..router.models import Decision
 from ..router.redis_client import connect
 from ..router.retry import Backoff, retrying
 from ..router.settings import Settings
+from ._redis import as_text
 from .agents import AgentDesk
 from .clock import Clock, SystemClock
 from .config import SlaConfig
 from .escalation import Escalator
 from .exceptions import StateConflict
+from .forecast import GroupLoad, arrival_scopes, heat_of
+from .forecast_store import Count, ForecastStore
 from .metrics import SlaMetrics
 from .reload import SlaConfigHolder
 from .state import ConvState, Fired, SlaEngine, member
@@ -142,6 +145,7 @@ class SlaWorker(Lifecycle):
         self.escalator = Escalator(redis, self.keys)
         self.desk = AgentDesk(redis, self.keys, live_ttl_s=self.agent_live_ttl_s)
         self.surge = SurgeWindows(redis, self.keys, self.config.surge)
+        self.forecast = ForecastStore(redis, self.keys, self.config.surge)
         self._producer = kafka.producer(self.settings)
         await self._producer.start()
         if self._consume:
@@ -213,7 +217,7 @@ class SlaWorker(Lifecycle):
         """Apply a batch of consumed records (idempotent; safe to replay)."""
         store = self._store()
         engine = self.engine
-        arrivals: dict[int, dict[str, float]] = {}
+        counts: list[Count] = []
         dead: list[tuple[bytes, bytes]] = []
         changes: list[tuple[str, Change]] = []
         now_ms = self.now_ms()
@@ -223,29 +227,37 @@ class SlaWorker(Lifecycle):
                 if rec.topic == self.routed:
                     d = Decision.from_json(value)
                     changes.append((d.conversation_id, partial(engine.on_decision, d=d)))
-                    scopes = arrivals.setdefault(self.surge.index(d.received_at_ms), {})
-                    for scope in self._scopes(d.channel, d.skill_group, [t.id for t in d.tags]):
-                        scopes[scope] = scopes.get(scope, 0.0) + 1
+                    tags = [t.id for t in d.tags]
+                    # counted once per message id, however often the batch is replayed
+                    counts.append(Count(
+                        d.message_id, d.received_at_ms,
+                        dict.fromkeys(arrival_scopes(d.skill_group, str(d.channel), tags), 1.0),
+                        dict.fromkeys(self._scopes(d.channel, d.skill_group, tags), 1.0),
+                    ))
                     self.metrics.events.labels("routed", "ok").inc()
                 elif rec.topic == self.agent_events:
                     e = AgentEvent.from_json(value)
                     changes.append((e.conversation_id, partial(engine.on_agent_event, e=e)))
+                    if e.type in ("resolve", "transfer") and e.group:
+                        # a completion: the group's service rate and handling time
+                        counts.append(Count(f"ev:{e.event_id}", e.at_ms,
+                                            {f"s:group:{e.group}": 1.0}))
                     self.metrics.events.labels("agent-events", "ok").inc()
                 elif rec.topic == self.signals:
                     s = SignalRecord.from_json(value)
-                    c = self.config.surge
-                    heat = s.gifts * c.heat_per_gift + s.likes * c.heat_per_like
+                    heat = heat_of(self.config.surge, s.viewers, s.gifts, s.likes)
                     if heat > 0:
-                        scopes = arrivals.setdefault(self.surge.index(now_ms), {})
-                        key = f"heat:room:{s.room}"
-                        scopes[key] = scopes.get(key, 0.0) + heat
+                        room = f"heat:room:{s.room}"
+                        counts.append(Count(
+                            f"sig:{rec.topic}:{rec.partition}:{rec.offset}", s.received_at_ms,
+                            {room: heat, "heat:all": heat}, {room: heat},
+                        ))
                     self.metrics.events.labels("signals", "ok").inc()
             except (ValueError, TypeError, KeyError) as exc:
                 self.metrics.events.labels(rec.topic.rsplit(".", 1)[-1], "invalid").inc()
                 dead.append((rec.key or b"", dead_letter_record(rec, f"sla: {exc}", now_ms, "sla")))
         await store.apply_batch(changes)
-        for index, scopes in arrivals.items():
-            await self.surge.record(index * self.surge.window_ms, scopes)
+        await self.forecast.record(counts)
         if dead:
             await self._send(self.dead_letter, dead)
         self.processed += len(records)
@@ -383,7 +395,13 @@ class SlaWorker(Lifecycle):
 
     # --- surge ------------------------------------------------------------------
     async def surge_tick(self) -> list[dict[str, Any]]:
-        """Evaluate every surge window that closed since the last call; produce signals."""
+        """Evaluate every surge window and forecast bucket that closed since the last
+        call (each once across all workers); produce the signals to omni.surge."""
+        out = await self.forecast_tick()
+        return out + await self.window_tick()
+
+    async def window_tick(self) -> list[dict[str, Any]]:
+        """The window detector: every window closed since the last call."""
         now = self.now_ms()
         current = self.surge.index(now - self.surge_grace_ms)
         first = current - 1 if self._last_closed is None else self._last_closed + 1
@@ -395,6 +413,10 @@ class SlaWorker(Lifecycle):
             self._last_closed = index
             if closed is None:
                 continue
+            if any(s["type"].startswith("incident") for s in closed):
+                # the forecast flagged it first: its incident is the one that goes out
+                active = list((await self.forecast.state()).incidents)
+                closed = await self.forecast.suppress(closed, active)
             signals = [SurgeSignal(**s) for s in closed]
             await self._send(self.surge_topic, [(s.scope.encode(), s.to_json()) for s in signals])
             for s in signals:
@@ -408,6 +430,71 @@ class SlaWorker(Lifecycle):
                 self.metrics.surge_rate.labels(s.scope).set(s.rate_per_min)
                 if s.extra_agents is not None:
                     self.metrics.surge_extra_agents.labels(s.scope).set(s.extra_agents)
+        return out
+
+    async def forecast_tick(self) -> list[dict[str, Any]]:
+        """The forecast: every short bucket closed since the last evaluation (by any
+        worker); ``surge.warning`` / ``incident`` to omni.surge; the gauges."""
+        if not self.config.surge.forecast.enabled:
+            return []
+        now = self.now_ms()
+        pending = await self.forecast.evaluate(now, self.surge_grace_ms,
+                                               partial(self._loads, now))
+        out: list[dict[str, Any]] = []
+        if pending is not None:
+            signals = [SurgeSignal.from_dict(s) for s in pending.signals]
+            try:
+                await self._send(self.surge_topic,
+                                 [(s.scope.encode(), s.to_json()) for s in signals])
+            except BaseException:
+                await self.forecast.release(pending.token)
+                raise
+            if not await self.forecast.commit(pending):
+                log.warning("sla: forecast lease lost while producing; buckets %s are "
+                            "evaluated again", pending.buckets)
+            for s in signals:
+                self.metrics.surge_signals.labels(s.type).inc()
+            out = [s.to_dict() for s in signals]
+        self._forecast_gauges(await self.forecast.forecasts())
+        return out
+
+    def _forecast_gauges(self, forecasts: dict[str, dict[str, Any]]) -> None:
+        """Every worker exports the latest forecast, whoever evaluated it."""
+        m = self.metrics
+        for gauge in (m.forecast_wait, m.forecast_breach_in, m.forecast_rate,
+                      m.forecast_extra_agents):
+            gauge.clear()
+        inf = float("inf")
+        for g, f in forecasts.items():
+            wait = f.get("predicted_wait_s")
+            breach = f.get("breach_in_s")
+            m.forecast_wait.labels(g).set(inf if wait is None else float(wait))
+            m.forecast_breach_in.labels(g).set(inf if breach is None else float(breach))
+            m.forecast_rate.labels(g).set(float(f.get("rate_per_s", 0.0)) * 60)
+            m.forecast_extra_agents.labels(g).set(float(f.get("extra_agents", 0)))
+
+    async def _loads(self, now: int) -> dict[str, GroupLoad]:
+        """Per group: live agents, their slots and slots in use (AgentDesk), and the
+        queue's depth and oldest wait."""
+        agents = await self.desk.live_agents(now)
+        redis = self._redis_client()
+        pipe = redis.pipeline(transaction=False)
+        for a in agents:
+            pipe.scard(self.keys.agent_active(a))
+        active: list[int] = await pipe.execute() if agents else []
+        per: dict[str, list[int]] = {}
+        for info, busy in zip(agents.values(), active, strict=True):
+            for g in info.groups:
+                acc = per.setdefault(g, [0, 0, 0])
+                acc[0] += 1
+                acc[1] += info.slots
+                acc[2] += min(int(busy), info.slots)
+        groups = {as_text(g) for g in await redis.smembers(self.keys.groups())} | set(per)
+        out: dict[str, GroupLoad] = {}
+        for g in sorted(groups):
+            view = await self.desk.queue_view(g, now, top=0)
+            n_agents, slots, busy = per.get(g, [0, 0, 0])
+            out[g] = GroupLoad(n_agents, slots, view.depth, view.oldest_age_s, busy=busy)
         return out
 
     async def _staffing(self, now: int) -> dict[str, Staffing]:
@@ -474,6 +561,7 @@ class SlaWorker(Lifecycle):
         surge: SurgeWindows | None = getattr(self, "surge", None)
         if surge is not None and surge.config != config.surge:
             self.surge = SurgeWindows(surge.redis, self.keys, config.surge)
+            self.forecast = ForecastStore(surge.redis, self.keys, config.surge)
             if self.surge.window_ms != surge.window_ms:
                 self._last_closed = None  # window indices changed meaning
         return True
