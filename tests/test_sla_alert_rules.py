@@ -46,3 +46,22 @@ def test_promtool_accepts_the_rules() -> None:
     out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+FORECAST_TESTS = RULES.parent / "forecast_alerts_test.yml"
+
+
+def test_forecast_alert_fires_and_stays_quiet() -> None:
+    """promtool unit tests: OmniSlaBreachForecast fires on a breach forecast within
+    5 minutes held for a minute, not on +Inf, a far one or a 30 s blip, and once per
+    group however many SLA workers export it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    doc = yaml.safe_load(FORECAST_TESTS.read_text(encoding="utf-8"))
+    alerts = [t for case in doc["tests"] for t in case["alert_rule_test"]]
+    assert any(t["exp_alerts"] for t in alerts)
+    assert any(not t["exp_alerts"] for t in alerts)
+    out = subprocess.run([promtool, "test", "rules", str(FORECAST_TESTS)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
