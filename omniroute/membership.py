@@ -146,8 +146,13 @@ class Worker:
         return last
 
 
-async def measure(settings: Settings, env: dict[str, str], workdir: Path) -> dict[str, float]:
-    """The four figures (seconds) for one broker, Redis and group settings."""
+async def measure(settings: Settings, env: dict[str, str], workdir: Path,
+                  static: bool = False) -> dict[str, float]:
+    """The four figures (seconds) for one broker, Redis and group settings.
+
+    With ``static``, worker "a" (and its restart) and worker "b" are static members
+    named ``a`` and ``b`` (``OMNI_GROUP_INSTANCE_ID``).
+    """
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
     redis = Redis.from_url(settings.redis_url)
@@ -157,7 +162,10 @@ async def measure(settings: Settings, env: dict[str, str], workdir: Path) -> dic
     workers: list[Worker] = []
 
     def spawn(name: str) -> Worker:
-        w = Worker({**env, "OMNI_WORKER_WEB_PORT": str(free_port())}, workdir / f"{name}.log")
+        extra = {"OMNI_WORKER_WEB_PORT": str(free_port())}
+        if static:
+            extra["OMNI_GROUP_INSTANCE_ID"] = name[0]
+        w = Worker({**env, **extra}, workdir / f"{name}.log")
         workers.append(w)
         return w
 
@@ -224,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the measurement and print the figures as JSON."""
     parser = argparse.ArgumentParser(prog="python -m omniroute.membership",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--static", action="store_true",
+                        help="static membership: OMNI_GROUP_INSTANCE_ID per worker")
     parser.add_argument("--keep-logs", action="store_true", help="print the log directory")
     args = parser.parse_args(argv)
     base = Settings()
@@ -239,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         settings = Settings.model_validate({**base.environ, **overrides})
         env = {**os.environ, **overrides}
-        figures = asyncio.run(measure(settings, env, workdir))
+        figures = asyncio.run(measure(settings, env, workdir, static=args.static))
     group = {k: v for k, v in settings.model_dump().items()
-             if k.startswith("kafka_") or k in ("group_instance_id", "fast_rebalance")}
+             if k.startswith(("kafka_session", "kafka_heartbeat", "kafka_rebalance"))
+             or k == "fast_rebalance"}
+    group["static"] = args.static
     print(json.dumps({"settings": group, "seconds": figures}, default=str))
     if args.keep_logs:
         print(f"worker logs: {workdir}")
