@@ -4,8 +4,9 @@ Two sources, both read-only:
 
 * Redis, read at each push: the queues and agents (:class:`~sla.agents.AgentDesk`,
   the figures of ``GET /v1/queues``), the SLA states (:class:`~sla.timers.TimerStore`,
-  scanned at most every ``sla_refresh_s``) and the surge detector's state
-  (:meth:`~sla.surge.SurgeWindows.states`, which scopes are in a surge now);
+  scanned at most every ``sla_refresh_s``), the surge detector's state
+  (:meth:`~sla.surge.SurgeWindows.states`, which scopes are in a surge now) and the
+  SLA workers' latest forecast per group (:meth:`~sla.forecast_store.ForecastStore.forecasts`);
 * Kafka, tailed by :class:`ConsoleFeed` without a consumer group (every console
   process sees every partition, and commits nothing): the latest decisions on
   ``omni.routed``, the signals on ``omni.surge`` (staffing advice, incidents and the
@@ -41,6 +42,7 @@ from ..router.retry import Backoff
 from ..router.settings import ConsoleSettings, Settings
 from .agents import AgentDesk
 from .config import SlaConfig
+from .forecast_store import ForecastStore
 from .state import ConvState, SlaEngine
 from .surge import SurgeWindows
 from .timers import TimerStore
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 BACKFILL: Final = {topics.ROUTED: 50, topics.SURGE: 200, topics.INBOUND: 2000,
                    topics.CHATTER: 2000, topics.SIGNALS: 500}
 FORECAST_TTL_S: Final = 300.0  # a surge.warning is shown this long unless a newer one comes
+FORECAST_FRESH_S: Final = 60.0  # a stored forecast older than this is no forecast (worker down)
 MAX_ROOM_EVENTS: Final = 200_000  # per kind: bounds memory at any arrival rate
 _LIVE: Final = b'"livestream"'
 
@@ -233,6 +236,7 @@ class SnapshotBuilder:
         self.desk = AgentDesk(redis, keys, live_ttl_s=live_ttl_s)
         self.timers = TimerStore(redis, keys, SlaEngine(sla))
         self.surge = SurgeWindows(redis, keys, sla.surge)
+        self.forecast = ForecastStore(redis, keys, sla.surge)
         self._sla: tuple[float, dict[str, dict[str, int]]] | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
@@ -282,7 +286,7 @@ class SnapshotBuilder:
                 row[0] += 1
                 row[1] += info.slots
                 row[2] += max(0, info.slots - int(held[agent]))
-        forecasts = self._forecasts(now_ms)
+        forecasts = {**self._warnings(now_ms), **await self._forecasts(now_ms)}
         groups = sorted({*await self.desk.known_groups(), *staff, *sla, *forecasts})
         out: list[dict[str, Any]] = []
         for g in groups:
@@ -299,8 +303,29 @@ class SnapshotBuilder:
             })
         return out
 
-    def _forecasts(self, now_ms: int) -> dict[str, dict[str, Any]]:
-        """Per group, the latest forecast warning still current (None elsewhere)."""
+    async def _forecasts(self, now_ms: int) -> dict[str, dict[str, Any]]:
+        """Per group, the SLA workers' latest forecast (sla/forecast_store.py), unless it
+        is stale: the forecast's last bucket ended over ``FORECAST_FRESH_S`` ago."""
+        state = await self.forecast.state()
+        if state.last_bucket is None:
+            return {}
+        at_ms = (state.last_bucket + 1) * self.forecast.bucket_ms
+        if now_ms - at_ms > FORECAST_FRESH_S * 1000:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for g, f in (await self.forecast.forecasts()).items():
+            wait = f.get("predicted_wait_s")
+            out[g] = {
+                # null in the store is an infinite wait: the queue never drains
+                "predicted_wait_s": wait, "unbounded": wait is None,
+                "predicted_breach_in_s": f.get("breach_in_s"),
+                "extra_agents": f.get("extra_agents"), "cause": f.get("cause"),
+                "at_ms": at_ms, "source": "forecast",
+            }
+        return out
+
+    def _warnings(self, now_ms: int) -> dict[str, dict[str, Any]]:
+        """Per group, the latest ``surge.warning`` still current (None elsewhere)."""
         out: dict[str, dict[str, Any]] = {}
         for scope, s in list(self.feed.board.warnings.items()):
             age_s = (now_ms - s.at_ms) / 1000
@@ -314,6 +339,7 @@ class SnapshotBuilder:
                 "predicted_wait_s": s.predicted_wait_s,
                 "predicted_breach_in_s": None if breach is None else max(0.0, breach - age_s),
                 "extra_agents": s.extra_agents, "cause": s.cause, "at_ms": s.at_ms,
+                "unbounded": False, "source": "surge.warning",
             }
         return out
 

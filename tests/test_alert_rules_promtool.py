@@ -1,6 +1,7 @@
-"""``promtool test rules`` over docker/prometheus/alerts_test.yml: every alert of
-alerts.yml has a case where it fires (labels and rendered annotations) and one where
-it stays quiet, and all of them pass. Under ``CI=true`` a missing promtool fails."""
+"""``promtool test rules`` over docker/prometheus/*_test.yml (alerts_test.yml and the
+forecast's own file): every alert of alerts.yml has a case where it fires (labels and
+rendered annotations) and one where it stays quiet, and all of them pass. Under
+``CI=true`` a missing promtool fails."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 
 PROMETHEUS = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 RULES = PROMETHEUS / "alerts.yml"
-UNIT_TESTS = PROMETHEUS / "alerts_test.yml"
+UNIT_TESTS = sorted(PROMETHEUS.glob("*_test.yml"))  # alerts_test.yml, forecast_alerts_...
 
 
 def promtool() -> str:
@@ -30,20 +31,22 @@ def promtool() -> str:
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"]
               for r in g["rules"] if "alert" in r}
-    doc = yaml.safe_load(UNIT_TESTS.read_text())
-    assert doc["rule_files"] == ["alerts.yml"]
     fires: set[str] = set()
     quiet: set[str] = set()
-    for case in doc["tests"]:
-        for check in case.get("alert_rule_test", []):
-            (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
-    assert sorted(alerts - fires) == [], "alerts never shown firing in alerts_test.yml"
-    assert sorted(alerts - quiet) == [], "alerts never shown quiet in alerts_test.yml"
+    assert PROMETHEUS / "alerts_test.yml" in UNIT_TESTS
+    for path in UNIT_TESTS:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["rule_files"] == ["alerts.yml"], path
+        for case in doc["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert sorted(alerts - fires) == [], "alerts never shown firing in docker/prometheus/*_test.yml"
+    assert sorted(alerts - quiet) == [], "alerts never shown quiet in docker/prometheus/*_test.yml"
     assert sorted((fires | quiet) - alerts) == [], "cases for alerts that do not exist"
 
 
 def test_promtool_unit_tests_pass() -> None:
-    out = subprocess.run([promtool(), "test", "rules", str(UNIT_TESTS)], capture_output=True,
-                         text=True, timeout=60, check=False)
+    out = subprocess.run([promtool(), "test", "rules", *map(str, UNIT_TESTS)],
+                         capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout

@@ -32,6 +32,8 @@ from omniroute.sla import SlaEngine, TimerStore, load_sla_config
 from omniroute.sla.agent_api import installer as agent_api
 from omniroute.sla.console import COOKIE, console_digest
 from omniroute.sla.console import installer as console_installer
+from omniroute.sla.forecast import GroupLoad
+from omniroute.sla.forecast_store import ForecastStore
 from tests.test_sla_support import FakeClock, decision, enqueue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -178,6 +180,31 @@ async def test_group_figures_match_the_agent_api_and_the_sla_states(
     assert (live["open"], live["at_risk"], live["breached"]) == (3, 1, 1)
     assert general["name"].startswith("综合客服")  # the configured display name
     assert general["forecast"] is None  # no forecast warning: nothing is invented
+
+
+async def test_forecast_wait_is_the_sla_workers_latest_forecast(
+    console: tuple[Client, FakeClock], aredis: Redis, settings: Settings
+) -> None:
+    tc, clock = console
+    keys = Keys(settings.redis_prefix)
+    store = ForecastStore(aredis, keys, load_sla_config(settings.config_dir / "sla.yaml").surge)
+
+    async def loads() -> dict[str, GroupLoad]:
+        # a queue that nobody serves never drains; a staffed idle group waits nothing
+        return {"payment": GroupLoad(agents=0, slots=0, depth=4, oldest_wait_s=50.0),
+                "general": GroupLoad(agents=2, slots=6)}
+
+    pending = await store.evaluate(clock.ms(), 0, loads)
+    assert pending is not None
+    assert await store.commit(pending)
+    rows = {g["group"]: g for g in (await _snapshot(tc))["groups"]}
+    payment, general = rows["payment"]["forecast"], rows["general"]["forecast"]
+    assert (payment["unbounded"], payment["predicted_wait_s"]) == (True, None)
+    assert payment["source"] == "forecast"
+    assert (general["unbounded"], general["predicted_wait_s"]) == (False, 0.0)
+    # a forecast nobody refreshed for minutes (SLA workers down) is no forecast
+    clock.advance(120)
+    await _until(tc, lambda snap: all(g["forecast"] is None for g in snap["groups"]))
 
 
 async def test_feed_panels_show_the_records_on_the_topics(

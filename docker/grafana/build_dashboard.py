@@ -72,6 +72,16 @@ ROWS: list[tuple[str, list[tuple[str, list[tuple[str, str]], str]]]] = [
         ], "short"),
         ("Deadline fire lag", [("lag", f"max({s.SLA_FIRE_LAG})")], "s"),
     ]),
+    ("Forecast 预测", [
+        ("Predicted wait of an arrival now", [
+            ("{{skill_group}}", f"max by (skill_group) ({s.FORECAST_WAIT})")], "s"),
+        ("First SLA breach forecast in", [
+            ("{{skill_group}}", f"min by (skill_group) ({s.FORECAST_BREACH_IN})")], "s"),
+        ("Forecast arrivals per minute", [
+            ("{{skill_group}}", f"max by (skill_group) ({s.FORECAST_RATE})")], "short"),
+        ("Agents to add for the projected peak", [
+            ("{{skill_group}}", f"max by (skill_group) ({s.FORECAST_EXTRA_AGENTS})")], "short"),
+    ]),
     ("Surge and live rooms 激增与直播", [
         ("Arrival rate vs baseline (per min)", [
             ("rate {{scope}}", f"max by (scope) ({s.SURGE_RATE})"),
