@@ -187,6 +187,7 @@ class ForecastConfig(_Frozen):
     warning_horizon_s: float = Field(default=300.0, gt=0)  # warn when a breach is this close
     advice_horizon_s: float = Field(default=300.0, gt=0)  # staff for the peak rate up to here
     breach_share: float = Field(default=0.05, gt=0, lt=1)  # tolerated share of breaches
+    confidence_z: float = Field(default=2.0, ge=0)  # breaches judged this many SE below the rate
     max_growth: float = Field(default=10.0, ge=1)  # the trend never projects past this x now
     min_rate_per_min: float = Field(default=3.0, ge=0)  # below: no forecast warning
     re_advise_s: float = Field(default=30.0, ge=0)  # at most one updated advice this often

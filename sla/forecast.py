@@ -266,19 +266,21 @@ class SurgeForecaster:
         return sum(series[-self.n_short:]) / self.n_short if series else 0.0
 
     def _level(self, series: Sequence[float] | None, base: float | None,
-               seen: int = 0) -> tuple[float, float]:
-        """(rate now, trend), per s and per s². A rate that has not moved out of the
-        Poisson noise of its baseline is the baseline (a busy minute is not a change of
-        load: Erlang C already counts with the randomness); otherwise the mean of
-        ``short_s`` after a step, the least-squares line at the newest bucket on a
-        trend, else the mean of the trend window.
+               seen: int = 0) -> tuple[float, float, float]:
+        """(rate now, trend, seconds of data behind the rate), per s and per s².
+
+        A rate that has not moved out of the Poisson noise of its baseline is the
+        baseline (a busy minute is not a change of load: Erlang C already counts with
+        the randomness); otherwise the mean of ``short_s`` after a step, the
+        least-squares line at the newest bucket on a trend, else the mean of the trend
+        window.
 
         A step is judged by :func:`poisson_z` of the arrivals of ``short_s`` against
         the baseline's, over the span of data the baseline stands for (the buckets
         seen, at most the EWMA's effective span): a baseline learned from two minutes
         of a quiet group is uncertain, and a lone burst over it is not a new level."""
         if not series:
-            return 0.0, 0.0
+            return 0.0, 0.0, self.bucket_s
         z = self.fc.step_z
         slope = self._slope(series)
         n = len(series)
@@ -291,13 +293,13 @@ class SurgeForecaster:
         t_base = self.bucket_s * max(1.0, min(float(seen), (2 - alpha) / alpha))
         ref_floor = max(ref, self.config.min_baseline_per_min / 60)
         if abs(poisson_z(short * t_short, t_short, ref_floor * t_base, t_base)) > z:
-            return short, 0.0  # a step: a new level, not a trend
+            return short, 0.0, t_short  # a step: a new level, not a trend
         if slope:
-            return max(0.0, mean + slope * self.bucket_s * (n - 1) / 2), slope
+            return max(0.0, mean + slope * self.bucket_s * (n - 1) / 2), slope, n * self.bucket_s
         if base is not None and abs(mean - base) <= z * math.sqrt(
                 max(base, floor) / (n * self.bucket_s)):
-            return base, 0.0
-        return mean, 0.0
+            return base, 0.0, t_base
+        return mean, 0.0, n * self.bucket_s
 
     def _slope(self, series: Sequence[float] | None) -> float:
         """Least-squares slope (per s²), or 0 unless it stands out of the noise: at least
@@ -355,17 +357,23 @@ class SurgeForecaster:
     ) -> GroupForecast:
         fc = self.fc
         series = rates.get(f"a:group:{g}")
-        lam, slope = self._level(series, st.baselines.get(f"a:group:{g}"), st.buckets_seen)
+        lam, slope, span = self._level(series, st.baselines.get(f"a:group:{g}"),
+                                       st.buckets_seen)
+        # the breach is judged at the rate's lower confidence bound: an estimate from a
+        # few minutes of a quiet group is a few tens of per cent off, which turns a desk
+        # at 70 % occupancy into one at 95 % (the staffing advice takes the estimate)
+        floor = self.config.min_baseline_per_min / 60
+        lam_lo = max(0.0, lam - fc.confidence_z * math.sqrt(max(lam, floor) / span))
         aht = self.aht_of(g, st)
         target = self.target_of(g)
         heat_rate = self._heat_rate(g, rates, st)
         cap = max(lam, st.baselines.get(f"a:group:{g}", 0.0)) * fc.max_growth
         drivers: set[str] = set()
 
-        def rate_at(h: float) -> float:
-            r = max(0.0, lam + slope * min(h, fc.trend_horizon_s))
+        def rate_at(h: float, level: float = lam) -> float:
+            r = max(0.0, level + slope * min(h, fc.trend_horizon_s))
             r = min(r, cap) if slope > 0 else r
-            if r > lam * 1.05:
+            if r > level * 1.05:
                 drivers.add("trend")
             if h >= fc.heat_lead_s and heat_rate > r:
                 r = heat_rate
@@ -381,17 +389,18 @@ class SurgeForecaster:
         dt = self.bucket_s
         steps = int(fc.horizon_s / dt)
         path = [rate_at(i * dt) for i in range(steps + 1)]
+        low = [rate_at(i * dt, lam_lo) for i in range(steps + 1)]
         # steady load: Erlang C at each step of the projection (the first step whose
         # rate is at or over the highest rate the slots hold within breach_share)
         erlang_breach: float | None = None
         r_max = self._max_rate(n, aht, target)
-        for i, r in enumerate(path):
+        for i, r in enumerate(low):
             if r > 0 and r >= r_max:
                 p = 1.0 - service_level(n, r * aht, aht, target) if n > 0 else 1.0
                 erlang_breach = i * dt + target + 1 / (r * max(p, fc.breach_share))
                 break
         # ramps and overload: a fluid FIFO backlog from the queue as it is
-        backlog_breach = self._backlog(path, mu, load, target)
+        backlog_breach = self._backlog(low, mu, load, target)
         if load.depth > 0 and load.oldest_wait_s >= target:
             backlog_breach = 0.0
         candidates = [b for b in (erlang_breach, backlog_breach) if b is not None]
@@ -624,7 +633,13 @@ class SurgeForecaster:
             # what the tag's usual share of this window's arrivals would be
             expected = total * min(1.0, (base or 0.0) / max(all_base or 0.0, 1e-9))
             if tag in st.incidents:
-                if ratio >= c.clear_ratio:
+                # still flooding: over clear_ratio and out of the noise of a few arrivals
+                # (one busy 30 s of a quiet tag must not hold the incident open for ever)
+                alpha = self.fc.ewma_alpha
+                t_base = self.bucket_s * max(1.0, min(float(st.buckets_seen),
+                                                      (2 - alpha) / alpha))
+                if ratio >= c.clear_ratio and poisson_z(
+                        counts.get(scope, 0.0), span, ref * t_base, t_base) >= 2.0:
                     st.incidents[tag] = 0.0
                 elif not st.incidents[tag]:
                     st.incidents[tag] = float(now_ms)
