@@ -9,7 +9,11 @@ one hash slot on Redis Cluster:
   the message, conversation or customer id; Lua computes the same with
   ``redis.sha1hex``): message records, conversation state and contact history. A
   batch is split per bucket, one script call per bucket, run concurrently;
-* ``{sla}``, ``{surge}``: the SLA timers and the surge detector, one slot each.
+* ``{sla}``, ``{surge}``: the SLA timers and the surge detector, one slot each;
+* the agent desk (registrations, liveness, held conversations, assignments) lives in
+  ``{q}`` with the queues, so a claim (check the agent's slots, pop the most urgent
+  head, record the owner) and a conversation action (release, transfer back onto a
+  queue) are each one script in one slot.
 """
 
 from __future__ import annotations
@@ -85,23 +89,36 @@ class Keys:
         move's script, deleted once the broker acknowledged the event."""
         return f"{self.prefix}:{{q}}:relax-outbox"
 
-    # --- agents and SLA (agent API, sla/) --------------------------------------
+    def relax_moves(self) -> str:
+        """Hash (Redis Cluster only): message id -> a relaxation moved between queues whose
+        decision record (another slot) is not yet updated (JSON: from, to, note); settled
+        by the next scan of any worker."""
+        return f"{self.prefix}:{{q}}:relax-moves"
+
+    # --- agents (agent API, sla/agents.py): {q}, one slot with the queues -------
     def agents(self) -> str:
         """Sorted set: agent id -> last heartbeat (epoch ms); live agents are recent ones."""
-        return f"{self.prefix}:agents"
+        return f"{self.prefix}:{{q}}:agents"
 
     def agent(self, agent_id: str) -> str:
         """Hash: an agent's registration (``groups`` JSON list, ``slots``, ``seen_ms``)."""
-        return f"{self.prefix}:agent:{{a:{agent_id}}}"
+        return f"{self.prefix}:{{q}}:agent:{agent_id}"
 
     def agent_active(self, agent_id: str) -> str:
         """Set: conversation ids an agent currently holds (one slot each)."""
-        return f"{self.prefix}:agent:{{a:{agent_id}}}:active"
+        return f"{self.prefix}:{{q}}:agent:{agent_id}:active"
+
+    def assignment_prefix(self) -> str:
+        """What :meth:`assignment` puts before the conversation id (the claim script
+        builds the assignment key of a conversation it learns while it runs)."""
+        return f"{self.prefix}:{{q}}:assign:"
 
     def assignment(self, conversation_id: str) -> str:
         """Hash: who holds a conversation (``agent``, ``group``, ``message_id``, ``state``,
         ``at_ms``); kept for a day after resolve so retried actions stay idempotent."""
-        return f"{self.prefix}:assign:{{{conversation_id}}}"
+        return f"{self.assignment_prefix()}{conversation_id}"
+
+    # --- SLA (sla/timers.py): {sla} ----------------------------------------------
 
     def sla_deadlines(self) -> str:
         """Sorted set: SLA deadline member -> due epoch ms (claimed atomically by Lua)."""

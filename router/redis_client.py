@@ -21,6 +21,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import hiredis
+import redis as redis_sync
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
@@ -30,6 +31,7 @@ __all__ = [
     "ClusterClient",
     "FastPackConnection",
     "connect",
+    "connect_sync",
     "is_cluster",
     "is_cluster_client",
 ]
@@ -67,7 +69,9 @@ def is_cluster(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
-def _cluster(url: str, **kwargs: Any) -> ClusterClient:
+def _cluster_parts(url: str) -> tuple[str, list[ClusterNode], int, int]:
+    """A ``redis+cluster://`` URL as (a ``redis://`` URL of its first seed, every seed,
+    wait_replicas, wait_timeout_ms)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     wait_replicas = int(query.pop("wait_replicas", "0"))
@@ -79,11 +83,16 @@ def _cluster(url: str, **kwargs: Any) -> ClusterClient:
         raise ValueError(f"REDIS_URL {scheme}+cluster:// names no host")
     first = f"{userinfo}@{seeds[0]}" if userinfo else seeds[0]
     single = urlunsplit((scheme, first, parts.path, urlencode(query), ""))
-    if len(seeds) > 1:
-        nodes = []
-        for seed in seeds:
-            host, _, port = seed.rpartition(":")
-            nodes.append(ClusterNode(host or seed, int(port) if host else 6379))
+    nodes = []
+    for seed in seeds:
+        host, _, port = seed.rpartition(":")
+        nodes.append(ClusterNode(host or seed, int(port) if host else 6379))
+    return single, nodes, wait_replicas, wait_timeout_ms
+
+
+def _cluster(url: str, **kwargs: Any) -> ClusterClient:
+    single, nodes, wait_replicas, wait_timeout_ms = _cluster_parts(url)
+    if len(nodes) > 1:
         kwargs.setdefault("startup_nodes", nodes)
     client: ClusterClient = ClusterClient.from_url(  # type: ignore[assignment]
         single, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, **kwargs
@@ -109,3 +118,17 @@ def connect(url: str, **kwargs: Any) -> Redis:
 def is_cluster_client(client: object) -> bool:
     """True when ``client`` talks to a Redis Cluster."""
     return isinstance(client, RedisCluster)
+
+
+def connect_sync(url: str, **kwargs: Any) -> redis_sync.Redis:
+    """A blocking client for ``url`` (scripts and tools that are not asyncio): a
+    ``redis.RedisCluster`` for ``redis+cluster://`` (typed as ``redis.Redis``, as in
+    :func:`connect`; ``wait_replicas`` does not apply), else ``redis.Redis``."""
+    if not is_cluster(url):
+        return redis_sync.Redis.from_url(url, **kwargs)
+    single, nodes, _wait, _timeout = _cluster_parts(url)
+    if len(nodes) > 1:
+        kwargs.setdefault("startup_nodes", [
+            redis_sync.cluster.ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
+            for n in nodes])
+    return redis_sync.RedisCluster.from_url(single, **kwargs)  # type: ignore[return-value]

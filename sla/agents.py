@@ -7,21 +7,30 @@
 * ownership: ``Keys.assignment(conv)`` hash (``agent``, ``group``, ``message_id``,
   ``score``, ``state``, ``at_ms``).
 
-The claim is one Lua script: check the agent is live and below its slots, pick the
-most urgent head across its groups' queues, ZPOPMIN it, record the assignment. A
+The claim's atomic part is one Lua script in one hash slot: every agent key and
+every assignment share the queues' ``{q}`` slot (``router.keys``), so the script
+checks the agent is live and below its slots, picks the most urgent head across
+its groups' queues, pops it (``ZPOPMIN``) and records the assignment, all at once. A
 message popped by one script is in no queue for any other, so no message is ever
-assigned twice. A queued follow-up message of a conversation another agent holds
-is attached to that agent (first-contact ownership) and the script looks further.
+assigned twice, and an agent never holds more conversations than its slots. A
+queued follow-up message of a conversation another agent holds is attached to that
+agent (first-contact ownership) and the script looks further.
 
-The script derives the decision, assignment and conversation keys of the popped
-message from the key prefix (they are not known before the pop; the routing bucket
-of a key is ``redis.sha1hex``, as in ``router.keys.bucket_of``), so unlike the
-router's scripts it spans hash slots: it targets a standalone Redis or a Sentinel
-primary, not Redis Cluster.
+The conversation of a queued message is in its decision record, in another slot
+(``{r:X}``), so it is read before the script: the claim peeks at the first
+``PEEK`` messages of each queue, reads their decisions and passes the script each
+one's conversation. A head the script was not told about (the queues changed in
+between) makes it stop without popping (``stale``) and the claim peeks again.
+After the script, the owning agent is written into the router's conversation hash
+(``{r:X}``, sticky routing) as a second step; a crash between the two loses only
+that hint: the assignment already decides who gets the conversation's follow-ups.
+The same code runs on a standalone server and on Redis Cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast
@@ -34,43 +43,45 @@ from ._redis import as_text
 
 __all__ = ["AgentDesk", "AgentInfo", "ClaimResult", "ConvAction", "QueueView", "Staffing"]
 
+log = logging.getLogger(__name__)
+
 HOLDING_STATES: Final = ("claimed", "accepted", "waiting")
 ASSIGNMENT_TTL_S: Final = 86_400  # a released assignment is kept this long (idempotent retries)
 BAND_SPAN: Final = 10_000_000_000_000
 
-# Key formats below mirror router.keys.Keys (decision, assignment, conversation).
+PEEK: Final = 8  # queue heads whose conversation a claim reads before its script
+CLAIM_ROUNDS: Final = 20  # peeks before a claim whose queues keep changing gives up
+
 _CLAIM = """
--- KEYS[1] agent hash, KEYS[2] agent active set, KEYS[3] agents zset, KEYS[4..] queues
--- ARGV[1] agent, ARGV[2] now ms, ARGV[3] live ttl ms, ARGV[4] key prefix,
--- ARGV[5..] group of each queue
-local agent, now, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+-- One slot ({q}). KEYS[1] agent hash, KEYS[2] agent active set, KEYS[3] agents zset,
+-- KEYS[4..] queues. ARGV[1] agent, ARGV[2] now ms, ARGV[3] live ttl ms,
+-- ARGV[4] assignment key prefix, ARGV[5] number of queues nq, ARGV[6..5+nq] the group
+-- of each queue, then pairs (message id, conversation id) of the peeked heads.
+local agent, now, aprefix, nq = ARGV[1], tonumber(ARGV[2]), ARGV[4], tonumber(ARGV[5])
 local slots = redis.call('HGET', KEYS[1], 'slots')
 local seen = redis.call('ZSCORE', KEYS[3], agent)
 if not slots or not seen or tonumber(seen) < now - tonumber(ARGV[3]) then
   return {'unknown'}
 end
+local convs = {}
+for j = 6 + nq, #ARGV - 1, 2 do convs[ARGV[j]] = ARGV[j + 1] end
 for _ = 1, 20 do
   local active = redis.call('SCARD', KEYS[2])
   if active >= tonumber(slots) then return {'full', tostring(active)} end
-  local best, bestscore = nil, nil
+  local best, bestscore, bestid = nil, nil, nil
   for i = 4, #KEYS do
     local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
     if head[1] and (not bestscore or tonumber(head[2]) < bestscore) then
-      best, bestscore = i, tonumber(head[2])
+      best, bestscore, bestid = i, tonumber(head[2]), head[1]
     end
   end
   if not best then return {'empty'} end
+  local conv = convs[bestid]
+  if not conv then return {'stale'} end
   local popped = redis.call('ZPOPMIN', KEYS[best])
   local mid, score = popped[1], popped[2]
-  local group = ARGV[best + 1]
-  local decision = redis.call('HGET', prefix .. ':{r:' .. string.sub(redis.sha1hex(mid), 1, 1)
-                              .. '}:msg:' .. mid, 'decision')
-  local conv = mid
-  if decision then
-    local ok, d = pcall(cjson.decode, decision)
-    if ok and type(d) == 'table' and d['conversation_id'] then conv = d['conversation_id'] end
-  end
-  local akey = prefix .. ':assign:{' .. conv .. '}'
+  local group = ARGV[best + 2]
+  local akey = aprefix .. conv
   local owner = redis.call('HMGET', akey, 'agent', 'state')
   local held = owner[2] == 'claimed' or owner[2] == 'accepted' or owner[2] == 'waiting'
   if held and owner[1] ~= agent then
@@ -81,12 +92,10 @@ for _ = 1, 20 do
     redis.call('HSET', akey, 'agent', agent, 'group', group, 'message_id', mid,
                'score', score, 'state', held and owner[2] or 'claimed', 'at_ms', now)
     redis.call('PERSIST', akey)
-    redis.call('HSET', prefix .. ':{r:' .. string.sub(redis.sha1hex(conv), 1, 1) .. '}:conv:'
-               .. conv, 'agent', agent)
-    return {'ok', mid, conv, group, score, decision or ''}
+    return {'ok', mid, conv, group, score}
   end
 end
-return {'empty'}
+return {'stale'}
 """
 
 _ACT = """
@@ -120,6 +129,14 @@ elseif action == 'resolve' or action == 'transfer' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 end
 return {'ok', a[5] or '', a[3] or ''}
+"""
+
+_REGISTER = """
+-- One slot ({q}). KEYS[1] agent hash, KEYS[2] agents zset, KEYS[3] agent active set.
+-- ARGV[1] agent, ARGV[2] groups JSON, ARGV[3] slots, ARGV[4] now ms.
+redis.call('HSET', KEYS[1], 'groups', ARGV[2], 'slots', ARGV[3], 'seen_ms', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return redis.call('SMEMBERS', KEYS[3])
 """
 
 ConvAction = Literal["accept", "reply", "wait_customer", "resolve", "transfer"]
@@ -193,18 +210,17 @@ class AgentDesk:
         self.live_ttl_ms = int(live_ttl_s * 1000)
         self._claim = redis.register_script(_CLAIM)
         self._act = redis.register_script(_ACT)
+        self._register = redis.register_script(_REGISTER)
 
     async def register(
         self, agent_id: str, groups: Sequence[str], slots: int, now_ms: int
     ) -> AgentInfo:
         """Create or update an agent and mark it live (also a heartbeat)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.agent(agent_id), mapping={
-            "groups": orjson.dumps(list(groups)), "slots": slots, "seen_ms": now_ms,
-        })
-        pipe.zadd(self.keys.agents(), {agent_id: now_ms})
-        pipe.smembers(self.keys.agent_active(agent_id))
-        *_, active = await pipe.execute()
+        # one script in {q} (redis-py's cluster MULTI pipeline breaks on SMEMBERS' reply)
+        active = await self._register(
+            keys=[self.keys.agent(agent_id), self.keys.agents(), self.keys.agent_active(agent_id)],
+            args=[agent_id, orjson.dumps(list(groups)), slots, now_ms],
+        )
         return AgentInfo(agent_id, tuple(groups), slots, now_ms,
                          tuple(sorted(as_text(m) for m in active)))
 
@@ -235,24 +251,62 @@ class AgentDesk:
         )
 
     async def claim(self, agent_id: str, groups: Sequence[str], now_ms: int) -> ClaimResult:
-        """Atomically pop the most urgent message of ``groups`` for the agent."""
+        """Atomically pop the most urgent message of ``groups`` for the agent (module
+        docstring: peek, read the heads' conversations, one script in ``{q}``)."""
         if not groups:
             return ClaimResult("empty")
         keys = [self.keys.agent(agent_id), self.keys.agent_active(agent_id), self.keys.agents()]
         keys += [self.keys.queue(g) for g in groups]
-        raw = await self._claim(
-            keys=keys,
-            args=[agent_id, now_ms, self.live_ttl_ms, self.keys.prefix, *groups],
-        )
-        status = raw[0].decode()
-        if status == "ok":
-            return ClaimResult(
-                "ok", message_id=raw[1].decode(), conversation_id=raw[2].decode(),
-                group=raw[3].decode(), score=float(raw[4]), decision=bytes(raw[5]) or None,
+        for _ in range(CLAIM_ROUNDS):
+            decisions = await self._peek(groups)
+            pairs: list[str] = []
+            for mid, (conv, _raw) in decisions.items():
+                pairs += [mid, conv]
+            raw = await self._claim(
+                keys=keys,
+                args=[agent_id, now_ms, self.live_ttl_ms, self.keys.assignment_prefix(),
+                      len(groups), *groups, *pairs],
             )
-        if status == "full":
-            return ClaimResult("full", active=int(raw[1]))
-        return ClaimResult("unknown" if status == "unknown" else "empty")
+            status = as_text(raw[0])
+            if status == "stale":
+                continue
+            if status == "ok":
+                mid, conv = as_text(raw[1]), as_text(raw[2])
+                # second step, the conversation's slot: the owner as a sticky-routing hint
+                await self.redis.hset(self.keys.conversation(conv), "agent", agent_id)
+                return ClaimResult(
+                    "ok", message_id=mid, conversation_id=conv, group=as_text(raw[3]),
+                    score=float(raw[4]), decision=decisions[mid][1] or None,
+                )
+            if status == "full":
+                return ClaimResult("full", active=int(raw[1]))
+            return ClaimResult("unknown" if status == "unknown" else "empty")
+        log.warning("claim for %s gave up after %d rounds of changing queues", agent_id,
+                    CLAIM_ROUNDS)
+        return ClaimResult("empty")
+
+    async def _peek(self, groups: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """The first ``PEEK`` ids of each queue -> (conversation id, decision JSON); a
+        message whose decision expired is its own conversation (and has no decision)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for g in groups:
+            pipe.zrange(self.keys.queue(g), 0, PEEK - 1)
+        heads = sorted({as_text(m) for rows in await pipe.execute() for m in rows})
+        if not heads:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)  # a cluster pipeline splits per node
+        for mid in heads:
+            pipe.hget(self.keys.decision(mid), "decision")
+        out: dict[str, tuple[str, bytes]] = {}
+        for mid, raw in zip(heads, await pipe.execute(), strict=True):
+            conv = mid
+            if raw is not None:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    decoded = orjson.loads(raw)
+                    if isinstance(decoded, dict) and decoded.get("conversation_id"):
+                        conv = str(decoded["conversation_id"])
+            out[mid] = (conv, bytes(raw) if raw is not None else b"")
+        return out
 
     async def act(
         self, agent_id: str, conversation_id: str, action: ConvAction, now_ms: int,

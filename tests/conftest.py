@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from omniroute.admin import ensure_topics
 from omniroute.embedded import redis_answers, start_broker, start_redis, start_redis_cluster
+from omniroute.router.redis_client import connect, connect_sync
 from omniroute.router.settings import Settings
 
 TEST_TOKEN = "test-ingest-token"
@@ -30,7 +31,7 @@ def broker() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def standalone_redis_url() -> Iterator[str]:
     """A real Redis: the local server when one answers, else valkey-server from its wheel."""
     url = os.environ.get("OMNI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     if redis_answers(url):
@@ -38,6 +39,13 @@ def redis_url() -> Iterator[str]:
         return
     with start_redis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url(standalone_redis_url: str) -> str:
+    """The Redis of ``settings``: standalone. A test module runs on both a standalone
+    server and a cluster by overriding it with ``any_redis_url``."""
+    return standalone_redis_url
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +59,7 @@ def redis_cluster_url() -> Iterator[str]:
 def any_redis_url(request: pytest.FixtureRequest) -> str:
     """Each test using it runs twice: on the standalone Redis and on a Redis Cluster
     (``redis+cluster://``). The cluster starts on first use only."""
-    name = "redis_url" if request.param == "standalone" else "redis_cluster_url"
+    name = "standalone_redis_url" if request.param == "standalone" else "redis_cluster_url"
     url: str = request.getfixturevalue(name)
     return url
 
@@ -85,7 +93,7 @@ async def topics_ready(settings: Settings) -> Settings:
 @pytest.fixture
 async def aredis(settings: Settings) -> AsyncIterator[Redis]:
     """An asyncio Redis client; this test's keys are deleted afterwards."""
-    client = Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     yield client
     async for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
         await client.delete(key)
@@ -95,7 +103,7 @@ async def aredis(settings: Settings) -> AsyncIterator[Redis]:
 @pytest.fixture
 def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
     """A blocking Redis client for assertions from sync code."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_sync(settings.redis_url)
     yield client
     client.close()
 

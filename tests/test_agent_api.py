@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from aiohttp import web
@@ -17,15 +17,23 @@ from omniroute.router import topics
 from omniroute.router.http import HttpContext
 from omniroute.router.keys import Keys
 from omniroute.router.metrics import AdapterMetrics
-from omniroute.router.models import Band
+from omniroute.router.models import Band, Decision
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.queues import RedisQueueStore
 from omniroute.router.settings import AgentApiSettings, Settings
 from omniroute.sla.agent_api import installer
+from omniroute.sla.agents import AgentDesk
 from tests.helpers import envelope
-from tests.test_sla_support import FakeClock, consume_json, decision, enqueue
+from tests.test_sla_support import T0_MS, FakeClock, consume_json, decision, enqueue
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    """Every test of this module runs on a standalone Redis and on a Redis Cluster."""
+    return any_redis_url
+
 
 TOKEN = "agent-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,7 +221,7 @@ async def test_follow_up_message_stays_with_owner(
 async def test_claimed_conversation_sticks_to_the_agent_for_the_router(
     client: tuple[Client, FakeClock], aredis: Redis, settings: Settings
 ) -> None:
-    """The claim script writes the conversation hash by hand-built key; the router reads it
+    """The claim writes the conversation hash (its second step); the router reads it
     through Keys. A follow-up must find the group the router stored and the claiming agent."""
     tc, clock = client
     keys = Keys(settings.redis_prefix)
@@ -229,3 +237,38 @@ async def test_claimed_conversation_sticks_to_the_agent_for_the_router(
     assert follow_up.conversation_id == "conv-cust-5"
     (facts,) = await store.facts([follow_up], t + 1_000)
     assert (facts.sticky_group, facts.sticky_agent) == ("general", "a1")
+
+
+class _RacingDesk(AgentDesk):
+    """After its first peek, the router queues a more urgent message (in the real Redis)
+    before the claim's script runs: the script must not pop a head it was not told about."""
+
+    def __init__(self, redis: Redis, keys: Keys, arrival: list[Decision]) -> None:
+        super().__init__(redis, keys)
+        self.arrival = arrival
+        self.peeks = 0
+
+    async def _peek(self, groups: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        seen = await super()._peek(groups)
+        self.peeks += 1
+        if self.peeks == 1:
+            await enqueue(self.redis, self.keys, self.arrival)
+        return seen
+
+
+async def test_a_head_that_arrives_between_the_peek_and_the_script_is_claimed_with_its_conversation(
+    aredis: Redis, settings: Settings
+) -> None:
+    keys = Keys(settings.redis_prefix)
+    await enqueue(aredis, keys, [decision(1, conv="c-old", received_ms=T0_MS)])
+    desk = _RacingDesk(aredis, keys, [decision(2, conv="c-urgent", band=Band.P0,
+                                               received_ms=T0_MS + 5)])
+    await desk.register("a1", ["general"], 2, T0_MS)
+    got = await desk.claim("a1", ["general"], T0_MS + 10)
+    assert desk.peeks == 2  # the script said stale once, the claim looked again
+    assert (got.status, got.message_id, got.conversation_id) == ("ok", "m-2", "c-urgent")
+    assert got.decision is not None
+    assert b'"conversation_id":"c-urgent"' in got.decision
+    assert await aredis.hget(keys.assignment("c-urgent"), "agent") == b"a1"
+    assert await aredis.smembers(keys.agent_active("a1")) == {b"c-urgent"}
+    assert await aredis.zrange(keys.queue("general"), 0, -1) == [b"m-1"]
