@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,7 @@ from omniroute.router.app import WorkerRuntime
 from omniroute.router.keys import Keys
 from omniroute.router.pipeline import Pipeline
 from omniroute.router.queues import RedisQueueStore
+from omniroute.router.redis_client import connect
 from omniroute.router.relax import Relaxer
 from omniroute.router.settings import Settings
 from omniroute.skills.config import load_config
@@ -23,6 +25,14 @@ from tests.helpers import consume, envelope
 from tests.test_routing_logic import MINI
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    """Every test of this module runs on a standalone Redis and on a Redis Cluster."""
+    return any_redis_url
+
+
 T0 = 1_700_000_000_000
 
 
@@ -90,3 +100,52 @@ async def test_the_worker_tells_the_sla_worker_about_each_move(
     assert runtime.metrics.registry.get_sample_value(
         "omni_relaxations_total", {"from_group": "logistics", "to_group": "general"}
     ) == 1
+
+
+class _CrashingRelaxer(Relaxer):
+    """Dies once right after a move's {q} step, before its decision is settled."""
+
+    crashed = False
+
+    async def _settle_one(self, message_id: str, mark: bytes) -> None:
+        if not self.crashed:
+            self.crashed = True
+            raise ConnectionError("crash injected by the test")
+        await super()._settle_one(message_id, mark)
+
+
+async def test_a_crash_between_the_cluster_steps_is_settled_by_the_next_scan(
+    redis_cluster_url: str,
+) -> None:
+    redis = connect(redis_cluster_url)
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    try:
+        store = RedisQueueStore(redis, keys, decision_ttl_s=3600, repeat_window_s=60,
+                                sticky_window_s=60)
+        old = envelope(1, "外卖还没到", received_at_ms=T0)
+        decision = Pipeline(load_config(MINI)).decide(old, T0)
+        await store.enqueue([decision], [decision.to_json()])
+        rule = Rule(id="logistics", target="logistics", fallbacks=("general", "senior"),
+                    relax_after_s=30)
+        with pytest.raises(ConnectionError):
+            await _CrashingRelaxer(redis, keys).run_once((rule,), now_ms=T0 + 40_000)
+        # the queue move and its event happened together; the decision is behind
+        assert await redis.zscore(keys.queue("general"), old.id) is not None
+        assert await redis.hlen(keys.relax_outbox()) == 1
+        assert await redis.hget(keys.decision(old.id), "group") == b"logistics"
+        assert await redis.hlen(keys.relax_moves()) == 1
+
+        relaxer = Relaxer(redis, keys)
+        assert await relaxer.run_once((rule,), now_ms=T0 + 40_000) == []  # no second move
+        assert await redis.hget(keys.decision(old.id), "group") == b"general"
+        assert (await redis.hget(keys.decision(old.id), "relaxed") or b"").startswith(
+            b"relaxed after 40 s")
+        assert await redis.hlen(keys.relax_moves()) == 0
+        assert await redis.hlen(keys.relax_outbox()) == 1  # its one event, still there
+        # and the chain goes on from the settled group
+        later = await relaxer.run_once((rule,), now_ms=T0 + 65_000)
+        assert [(m.message_id, m.to_group) for m in later] == [(old.id, "senior")]
+    finally:
+        async for key in redis.scan_iter(match=f"{keys.prefix}:*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()

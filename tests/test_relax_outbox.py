@@ -30,6 +30,14 @@ from tests.helpers import consume, envelope
 from tests.test_routing_logic import MINI
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    """Every test of this module runs on a standalone Redis and on a Redis Cluster."""
+    return any_redis_url
+
+
 T0 = 1_700_000_000_000
 
 
