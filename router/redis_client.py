@@ -63,6 +63,15 @@ class ClusterClient(RedisCluster):
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Learn the slot map before the first command. redis-py resolves a command's
+        routing policy on the seed node before its own lazy initialisation, which then
+        closes that node's connections: concurrent first calls on a new client broke
+        with ``'NoneType' object has no attribute 'writelines'``."""
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
 
 def is_cluster(url: str) -> bool:
     """True when ``url`` names a Redis Cluster (``redis+cluster://``)."""

@@ -12,12 +12,20 @@ from redis.asyncio import Redis
 from omniroute.router.events import AgentEvent
 from omniroute.router.keys import Keys
 from omniroute.router.models import Band, Channel
+from omniroute.router.redis_client import connect
 from omniroute.router.settings import Settings
 from omniroute.sla.config import SlaConfig
 from omniroute.sla.escalation import BAND_SPAN, Escalator
 from omniroute.sla.state import ConvState, SlaEngine
 from omniroute.sla.timers import Change, TimerStore
 from tests.test_sla_support import T0_MS, decision, enqueue
+
+
+@pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    """Every test of this module runs on a standalone Redis and on a Redis Cluster."""
+    return any_redis_url
+
 
 CONFIG = SlaConfig.model_validate({
     "calendars": {
@@ -247,7 +255,7 @@ async def test_two_claimers_race_and_each_deadline_fires_once(
         await store.on_decision(decision(i, channel=Channel.LIVESTREAM,
                                          received_ms=T0_MS + i * 10))
     expected = n * 4  # warning, breach, esc1, esc2 per conversation
-    other = Redis.from_url(redis_url)
+    other = connect(redis_url)
     stores = [store, TimerStore(other, Keys(settings.redis_prefix), SlaEngine(CONFIG))]
     seen: list[list[str]] = [[], []]
 

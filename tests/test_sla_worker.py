@@ -41,6 +41,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    """Every test of this module runs on a standalone Redis and on a Redis Cluster."""
+    return any_redis_url
+
+
+@pytest.fixture
 async def producer(topics_ready: Settings) -> AsyncIterator[AIOKafkaProducer]:
     p = AIOKafkaProducer(bootstrap_servers=topics_ready.kafka_bootstrap, acks="all")
     await p.start()
