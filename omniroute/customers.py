@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from .router.exceptions import ConfigError
 from .router.keys import Keys
+from .router.redis_client import connect
 from .router.settings import Settings
 
 __all__ = ["import_tiers", "read_tiers"]
@@ -47,7 +46,7 @@ def read_tiers(path: Path) -> dict[str, str]:
 async def import_tiers(settings: Settings, path: Path) -> int:
     """HSET every tier into ``Keys.customer_tiers()``; returns the number imported."""
     tiers = read_tiers(path)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     key = Keys(settings.redis_prefix).customer_tiers()
     try:
         items = list(tiers.items())

@@ -38,6 +38,7 @@ from .customers import import_tiers
 from .embedded import free_port, redis_or_embedded, start_broker
 from .router import kafka, topics
 from .router.exceptions import InfrastructureError
+from .router.redis_client import connect_sync
 from .router.settings import Settings
 
 __all__ = ["run_demo"]
@@ -269,9 +270,7 @@ def run_demo(n: int, base: Settings, keep_running: bool = False) -> None:
 def _cleanup_redis(url: str, prefix: str, keep: bool) -> None:
     if keep:
         return
-    import redis
-
-    client = redis.Redis.from_url(url)
+    client = connect_sync(url)
     try:
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(key)

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from .router.exceptions import InfrastructureError
+from .router.redis_client import connect_sync
 
 __all__ = [
     "EmbeddedCluster",
@@ -154,7 +155,7 @@ def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedPr
 def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
     """True when a Redis server answers PING at ``url``."""
     try:
-        client = redis.Redis.from_url(
+        client = connect_sync(  # redis:// or redis+cluster://
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         try:

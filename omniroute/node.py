@@ -16,7 +16,6 @@ from typing import Any
 import faust
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from .adapters import build_http_app, channel_installers
 from .adapters.email import ImapPoller, SmtpServer
@@ -24,6 +23,7 @@ from .router.app import create_worker_app
 from .router.http import HttpContext
 from .router.metrics import AdapterMetrics
 from .router.producer import EnvelopeProducer
+from .router.redis_client import connect
 from .router.settings import Settings
 from .sla import SlaWorker
 from .sla.agent_api import install as install_agent_api
@@ -40,7 +40,7 @@ async def http_ingest(
 ) -> AsyncIterator[tuple[web.AppRunner, HttpContext]]:
     """Start the adapters' HTTP app (and its producer and Redis client); stop on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        redis = connect(settings.redis_url, socket_timeout=5)
         stack.push_async_callback(redis.aclose)
         producer = EnvelopeProducer(settings)
         stack.push_async_callback(producer.stop)
