@@ -267,12 +267,17 @@ def bench(
     messages: Annotated[int, typer.Option("-n", "--messages", min=1000, help="messages")] = 50_000,
     external: Annotated[bool, typer.Option(help="use KAFKA_BOOTSTRAP/REDIS_URL, not embedded")]
     = False,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="also run 1 and N router worker processes in one group")] = 0,
+    partitions: Annotated[int, typer.Option(
+        "--partitions", min=0, help="partitions of the scaling phases (0: max(4, workers))")] = 0,
 ) -> None:
     """Router pipeline vs a raw aiokafka loop, same broker, same messages; prints one JSON line."""
     from .bench import run_bench
 
     try:
-        result = run_bench(messages, _settings(), external=external)
+        result = run_bench(messages, _settings(), external=external, workers=workers,
+                           partitions=partitions)
     except OmniError as exc:
         raise _fail(exc, 1) from None
     typer.echo(orjson.dumps(result).decode())
