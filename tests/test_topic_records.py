@@ -386,7 +386,8 @@ def test_decoding_arbitrary_json_raises_nothing_but_invalid_record(data: object)
 # --- the SLA worker consumes and produces through the models --------------------------
 HEAT_CONFIG = SlaConfig.model_validate({
     "policies": [{"id": "any", "first_response": 600}],
-    "surge": {"window_s": 60, "heat_per_gift": 2.0, "heat_per_like": 0.5},
+    "surge": {"window_s": 60, "heat_per_gift": 2.0, "heat_per_like": 0.5,
+              "heat_per_viewer": 1.0},
 })
 
 
@@ -421,7 +422,8 @@ async def test_sla_worker_heats_a_room_from_signals_and_dead_letters_bad_records
     finally:
         await producer.stop()
     window = Keys(settings.redis_prefix).surge_window(clock.ms() // 60_000)
-    assert float(await aredis.hget(window, "heat:room:r1") or 0) == 4 * 2.0 + 40 * 0.5
+    # gifts 3 + 1, likes 40, distinct viewers g1, g2, l1; a fans-club push heats nothing
+    assert float(await aredis.hget(window, "heat:room:r1") or 0) == 4 * 2.0 + 40 * 0.5 + 3 * 1.0
     dead = await consume_json(settings.kafka_bootstrap, settings.topic(topics.DEAD_LETTER),
                               lambda r: len(r) >= 2)
     reasons = sorted(str(d["reason"]) for d in dead)
