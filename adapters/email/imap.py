@@ -29,7 +29,6 @@ import aioimaplib
 from ...router.exceptions import BrokerUnavailable, ConfigError, OmniError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
-from ...router.pii import mask_envelope
 from ...router.retry import Backoff
 from ...router.settings import EmailSettings
 from ..dedupe import Deduper
@@ -320,9 +319,6 @@ class ImapPoller(Lifecycle):
             log.warning("imap: unusable mail flagged seen without routing: %s", exc)
             m.rejected.labels(CHANNEL, account, exc.reason).inc()
             return 0
-        env, masked = mask_envelope(env)
-        for kind, n in masked.counts.items():
-            m.pii_masked.labels(CHANNEL, kind).inc(n)
         key = dedupe_id(account, mail.message_id)
         if self._deduper is not None and await self._deduper.seen(CHANNEL, key):
             m.duplicates.labels(CHANNEL, account).inc()

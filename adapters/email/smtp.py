@@ -42,7 +42,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from ...router.exceptions import BrokerUnavailable, ConfigError
 from ...router.http import HttpContext
 from ...router.lifecycle import Lifecycle
-from ...router.pii import mask_envelope
 from ...router.settings import EmailSettings
 from ..dedupe import Deduper
 from .config import CHANNEL
@@ -183,9 +182,6 @@ class InboundMailHandler:
         except MalformedMail as exc:
             return self._reject(account, exc.reason, f"554 5.6.0 Malformed message: {exc}")
         env = dataclasses.replace(env, meta={**env.meta, "mailboxes": ",".join(accounts)})
-        env, masked = mask_envelope(env)
-        for kind, n in masked.counts.items():
-            ctx.metrics.pii_masked.labels(CHANNEL, kind).inc(n)
         key = message_dedupe_id(mail.message_id)
         if self._deduper is not None and await self._deduper.seen(CHANNEL, key):
             ctx.metrics.duplicates.labels(CHANNEL, account).inc()

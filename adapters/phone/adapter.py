@@ -20,7 +20,6 @@ from aiohttp import web
 from ...router.exceptions import BadRequest, BrokerUnavailable, RequestRejected
 from ...router.http import HttpContext, read_limited
 from ...router.models import Envelope
-from ...router.pii import mask_envelope
 from ...router.settings import PhoneSettings
 from ..dedupe import Deduper
 from .config import (
@@ -98,11 +97,12 @@ class PhoneAdapter:
         return f"{base}{request.path_qs}" if base else str(request.url)
 
     async def _produce(self, env: Envelope, dedupe_id: str) -> bool:
-        """Mask, dedupe, produce, mark; False for a duplicate. Raises BrokerUnavailable."""
+        """Dedupe, produce (the producer masks PII), mark; False for a duplicate.
+
+        Raises:
+            BrokerUnavailable: the broker did not acknowledge.
+        """
         m = self.ctx.metrics
-        env, masked = mask_envelope(env)
-        for kind, n in masked.counts.items():
-            m.pii_masked.labels(CHANNEL, kind).inc(n)
         if self.deduper is not None and await self.deduper.seen(CHANNEL, dedupe_id):
             m.duplicates.labels(CHANNEL, env.account).inc()
             return False
