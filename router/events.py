@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, Self, get_args
 
 import orjson
 
@@ -84,14 +84,42 @@ def _wire(record: Any, omitted: frozenset[str]) -> dict[str, Any]:
     return out
 
 
+class _Record:
+    """What every topic record shares: its JSON form and decoding from bytes."""
+
+    __slots__ = ()
+    RECORD: ClassVar[str]  # the record's name in error messages
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object as produced."""
+        return _wire(self, self.OMITTED_WHEN_NONE)
+
+    def to_json(self) -> bytes:
+        """orjson bytes of this record."""
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        """Build from decoded JSON, checking every field; raises InvalidRecord."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        """Decode a record from the topic; raises InvalidRecord naming the field."""
+        return cls.from_dict(_rec.loads(raw, cls.RECORD))
+
+
 # --- omni.agent-events -----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class AgentEvent:
+class AgentEvent(_Record):
     """What an agent did to a conversation (omni.agent-events; key = conversation id).
 
     ``type`` is one of claim, accept, reply, wait_customer, resolve, transfer; the JSON
     also carries ``event_id`` (conversation:type:agent:at_ms) for deduplication.
     """
+
+    RECORD: ClassVar[str] = "agent event"
 
     type: str  # claim | accept | reply | wait_customer | resolve | transfer
     conversation_id: str
@@ -110,11 +138,6 @@ class AgentEvent:
     def to_json(self) -> bytes:
         """orjson bytes, with ``event_id`` included."""
         return orjson.dumps({**dataclasses.asdict(self), "event_id": self.event_id})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> AgentEvent:
-        """Decode an omni.agent-events record; raises InvalidRecord naming the field."""
-        return cls.from_dict(_rec.loads(raw, "agent event"))
 
     @classmethod
     def from_dict(cls, data: Any) -> AgentEvent:
@@ -153,7 +176,7 @@ class EscalationActions:
 
 
 @dataclass(frozen=True, slots=True)
-class SlaAlert:
+class SlaAlert(_Record):
     """An SLA warning, breach or escalation (omni.sla-alerts; key = conversation id).
 
     ``alert_id`` is stable across re-fires of the same deadline (a lease that expired),
@@ -161,6 +184,7 @@ class SlaAlert:
     ``actions`` appear on ``sla.escalation`` alerts only.
     """
 
+    RECORD: ClassVar[str] = "SLA alert"
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset(
         {"level", "notify", "from_group", "actions"}
     )
@@ -193,19 +217,6 @@ class SlaAlert:
             f"SlaAlert({self.type} {self.conversation_id} {self.group} timer={self.timer} "
             f"stage={self.stage} overdue_s={self.overdue_s:g})"
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object as produced."""
-        return _wire(self, self.OMITTED_WHEN_NONE)
-
-    def to_json(self) -> bytes:
-        """orjson bytes of this alert."""
-        return orjson.dumps(_wire(self, self.OMITTED_WHEN_NONE))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> SlaAlert:
-        """Decode an omni.sla-alerts record; raises InvalidRecord naming the field."""
-        return cls.from_dict(_rec.loads(raw, "SLA alert"))
 
     @classmethod
     def from_dict(cls, data: Any) -> SlaAlert:
@@ -251,7 +262,7 @@ class SlaAlert:
 
 # --- omni.surge ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SurgeSignal:
+class SurgeSignal(_Record):
     """A surge or incident signal for one scope (omni.surge; key = scope).
 
     Scopes: ``all``, ``channel:<c>``, ``group:<g>``, ``tag:<t>``, ``heat:room:<id>``.
@@ -264,6 +275,8 @@ class SurgeSignal:
     reserve), its ``cause`` (load, backlog, scheduled) and the ``evidence``; an early
     ``incident`` from the forecast carries ``cause`` and ``evidence`` too.
     """
+
+    RECORD: ClassVar[str] = "surge signal"
 
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({
         "model", "offered_load_erlangs", "needed_slots", "required_slots",
@@ -306,19 +319,6 @@ class SurgeSignal:
             f"ratio={self.ratio:g})"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object as produced."""
-        return _wire(self, self.OMITTED_WHEN_NONE)
-
-    def to_json(self) -> bytes:
-        """orjson bytes of this signal."""
-        return orjson.dumps(_wire(self, self.OMITTED_WHEN_NONE))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> SurgeSignal:
-        """Decode an omni.surge record; raises InvalidRecord naming the field."""
-        return cls.from_dict(_rec.loads(raw, "surge signal"))
-
     @classmethod
     def from_dict(cls, data: Any) -> SurgeSignal:
         """Build from decoded JSON (or from the detector's dict), checking every field."""
@@ -358,12 +358,14 @@ class SurgeSignal:
 
 # --- omni.chatter ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class ChatterRecord:
+class ChatterRecord(_Record):
     """A live comment kept off agent queues (omni.chatter; key = room id).
 
     On the wire it is the comment's envelope with the chatter rule that matched in
     ``meta.chatter_rule``; here the envelope is kept without that key.
     """
+
+    RECORD: ClassVar[str] = "chatter record"
 
     envelope: Envelope
     rule: ChatterRule
@@ -379,11 +381,6 @@ class ChatterRecord:
         )
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> ChatterRecord:
-        """Decode an omni.chatter record; raises InvalidRecord naming the field."""
-        return cls.from_dict(_rec.loads(raw, "chatter record"))
-
-    @classmethod
     def from_dict(cls, data: Any) -> ChatterRecord:
         """Build from decoded JSON: a valid envelope with a known ``meta.chatter_rule``."""
         env = Envelope.from_dict(data)
@@ -395,7 +392,7 @@ class ChatterRecord:
 
 # --- omni.signals ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SignalRecord:
+class SignalRecord(_Record):
     """One live-room push of gifts, likes or fans-club events, summarised
     (omni.signals; key = room id). Not routed: it feeds surge detection (room heat).
 
@@ -403,6 +400,8 @@ class SignalRecord:
     fans-club events; ``events`` the number of push items; ``gift_value`` (gift pushes
     only) the sum of their values.
     """
+
+    RECORD: ClassVar[str] = "signal record"
 
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"gift_value"})
 
@@ -430,15 +429,6 @@ class SignalRecord:
     def likes(self) -> int:
         """Likes in this push (0 unless a like push)."""
         return self.count if self.kind == "live_like" else 0
-
-    def to_json(self) -> bytes:
-        """orjson bytes of this record."""
-        return orjson.dumps(_wire(self, self.OMITTED_WHEN_NONE))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> SignalRecord:
-        """Decode an omni.signals record; raises InvalidRecord naming the field."""
-        return cls.from_dict(_rec.loads(raw, "signal record"))
 
     @classmethod
     def from_dict(cls, data: Any) -> SignalRecord:
