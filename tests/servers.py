@@ -15,10 +15,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
+import redis
 
 from omniroute.embedded import free_port, redis_answers, valkey_binary
+from omniroute.router.keys import Keys
 from omniroute.router.settings import Settings
 
 MINI = Path(__file__).parent / "data" / "mini"
@@ -95,6 +98,22 @@ def unread_request_bytes(port: int) -> int:
                 if local_port == port and established:
                     total += int(fields[4].split(":")[1], 16)
     return total
+
+
+#: Backlog texts that reach several groups of the mini config.
+TEXTS = ["外卖还没到", "饭菜变质了", "退款没到账", "尺码怎么选", "骑手态度太差", "你好"]
+
+
+def queued(r: redis.Redis, keys: Keys) -> list[bytes]:
+    """Every member of every skill group's queue (a message twice counts twice).
+
+    The groups come from the router's own set of groups that ever had a queue, so a
+    group added to the configuration cannot be missed.
+    """
+    members: list[bytes] = []
+    for g in sorted(cast(set[bytes], r.smembers(keys.groups()))):
+        members += cast(list[bytes], r.zrange(keys.queue(g.decode()), 0, -1))
+    return members
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -19,11 +19,11 @@ from omniroute.router.keys import Keys
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
 from tests.helpers import consume, envelope
+from tests.servers import TEXTS, queued
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 MINI = Path(__file__).parent / "data" / "mini"
 N = 20_000
-TEXTS = ["外卖还没到", "饭菜变质了", "退款没到账", "尺码怎么选", "骑手态度太差", "你好"]
 
 
 def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -46,12 +46,6 @@ def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _queued(r: redis.Redis, keys: Keys, groups: list[str]) -> list[bytes]:
-    members: list[bytes] = []
-    for g in groups:
-        members += r.zrange(keys.queue(g), 0, -1)
-    return members
-
 
 def _wait(pred: object, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + timeout_s
@@ -72,27 +66,25 @@ async def test_sigkill_mid_stream_loses_nothing_and_assigns_nothing_twice(
     async with EnvelopeProducer(settings) as producer:
         for i in range(0, N, 2000):
             await producer.send_envelopes(envs[i : i + 2000])
-    groups = ["general", "logistics", "food_safety", "payment", "complaints_qa", "senior",
-              "vip", "emergency", "legal_pr", "livestream", "callback", "closed"]
     log = tmp_path / "worker.log"
 
     first = _worker(settings, log)
     try:
-        _wait(lambda: len(_queued(sync_redis, keys, groups)) >= N // 10, 60, first, log)
+        _wait(lambda: len(queued(sync_redis, keys)) >= N // 10, 60, first, log)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
-    at_kill = len(_queued(sync_redis, keys, groups))
+    at_kill = len(queued(sync_redis, keys))
     assert at_kill < N, "the worker finished before the kill; the test proves nothing"
 
     second = _worker(settings, log)
     try:
-        _wait(lambda: len(_queued(sync_redis, keys, groups)) >= N, 90, second, log)
+        _wait(lambda: len(queued(sync_redis, keys)) >= N, 90, second, log)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         assert second.wait(30) == 0, log.read_text()[-3000:]
 
-    members = _queued(sync_redis, keys, groups)
+    members = queued(sync_redis, keys)
     assert len(members) == N, f"{len(members) - N} extra queue entries"
     assert set(members) == {e.id.encode() for e in envs}
     routed = await consume(settings.kafka_bootstrap, settings.topic(topics.ROUTED), N, 60)

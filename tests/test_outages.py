@@ -13,7 +13,6 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import orjson
 import pytest
@@ -28,7 +27,9 @@ from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
 from tests.helpers import consume, envelope
 from tests.servers import (
+    TEXTS,
     PrivateRedis,
+    queued,
     start_worker,
     stop_worker,
     unread_request_bytes,
@@ -38,20 +39,10 @@ from tests.servers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(240)]
 N = 6_000
-TEXTS = ["外卖还没到", "饭菜变质了", "退款没到账", "尺码怎么选", "骑手态度太差", "你好"]
-GROUPS = ["general", "logistics", "food_safety", "payment", "complaints_qa", "senior", "vip",
-          "emergency", "legal_pr", "livestream", "callback", "closed"]
 # Longer than the fast-rebalance session timeout (6 s): the broker comes back to a
 # group whose member it may have expired, so partitions can change hands mid-batch.
 BROKER_OUTAGE_S = 8.0
 
-
-def queued(r: redis.Redis, keys: Keys) -> list[bytes]:
-    """Every member of every skill group's queue (a message twice counts twice)."""
-    members: list[bytes] = []
-    for g in GROUPS:
-        members += cast(list[bytes], r.zrange(keys.queue(g), 0, -1))
-    return members
 
 
 async def backlog(settings: Settings) -> set[bytes]:

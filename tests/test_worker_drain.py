@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import cast
 
 import orjson
 import pytest
@@ -18,7 +17,9 @@ from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
 from tests.helpers import consume, envelope
 from tests.servers import (
+    TEXTS,
     PrivateRedis,
+    queued,
     start_worker,
     stop_worker,
     unread_request_bytes,
@@ -28,17 +29,7 @@ from tests.servers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 N = 20_000
-TEXTS = ["外卖还没到", "饭菜变质了", "退款没到账", "尺码怎么选", "骑手态度太差", "你好"]
-GROUPS = ["general", "logistics", "food_safety", "payment", "complaints_qa", "senior", "vip",
-          "emergency", "legal_pr", "livestream", "callback", "closed"]
 
-
-def queued(r: redis.Redis, keys: Keys) -> list[bytes]:
-    """Every member of every skill group's queue (a message twice counts twice)."""
-    members: list[bytes] = []
-    for g in GROUPS:
-        members += cast(list[bytes], r.zrange(keys.queue(g), 0, -1))
-    return members
 
 
 async def committed(settings: Settings) -> int:
