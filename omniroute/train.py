@@ -41,9 +41,6 @@ class TrainOptions:
     ngram_max: int = 3
     min_df: int = 2
     c_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    class_weight: str | None = None
-    l1_ratio: float = 1.0  # 1: lasso (sparse), 0: ridge
-    keep_per_category: int | None = None  # keep only the strongest n-grams per category
 
 
 def _keyword_categories(tagger: Tagger, texts: Sequence[str]) -> list[set[str]]:
@@ -115,8 +112,9 @@ def train(
             continue  # nothing to learn from: keywords alone decide this category
         best: tuple[float, float, float, Any] | None = None
         for c in options.c_grid:
-            clf = LogisticRegression(C=c, l1_ratio=options.l1_ratio, solver="liblinear",
-                                     class_weight=options.class_weight,
+            # l1_ratio=1: lasso, so only useful n-grams get a weight (and a place in the
+            # automaton)
+            clf = LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear",
                                      random_state=options.seed, max_iter=2000)
             clf.fit(x_train, y_train)
             probs = clf.predict_proba(x_dev)[:, 1]
@@ -126,10 +124,7 @@ def train(
         assert best is not None
         f1, _c, threshold, clf = best
         dev_f1[cat] = round(f1, 4)
-        coef = clf.coef_[0].copy()
-        if options.keep_per_category is not None:
-            weak = np.argsort(-np.abs(coef[:n_grams]))[options.keep_per_category:]
-            coef[weak] = 0.0
+        coef = clf.coef_[0]
         for j in np.flatnonzero(np.abs(coef[:n_grams]) > 1e-4):
             ngrams.setdefault(str(vocab[j]), {})[cat] = float(round(coef[j], 6))
         categories[cat] = CategoryModel(
