@@ -11,13 +11,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
+from .clock import Clock, SystemClock
 from .exceptions import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 from .keys import Keys
 from .metrics import AdapterMetrics
@@ -27,33 +28,16 @@ from .settings import Settings
 __all__ = [
     "ADMIT_KEY",
     "CONTEXT_KEY",
-    "Clock",
     "HttpContext",
     "Installer",
     "Readiness",
     "ReadyCheck",
-    "SystemClock",
     "add_probe_routes",
     "metrics_body",
     "read_limited",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class Clock(Protocol):
-    """Wall clock in seconds; tests hand in a fixed one."""
-
-    def now(self) -> float:
-        """Seconds since the epoch."""
-
-
-class SystemClock:
-    """The real wall clock."""
-
-    def now(self) -> float:
-        """Seconds since the epoch."""
-        return time.time()
 
 
 @dataclass(slots=True)

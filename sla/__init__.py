@@ -5,10 +5,10 @@ Wiring (see docs/sla.md): ``SlaWorker(settings, registry, clock)`` is the servic
 ``omniroute.node``, installs it beside the channel adapters).
 """
 
+from ..router.clock import Clock, SystemClock
 from ..router.events import AgentEvent
 from .agents import AgentDesk
 from .calendar import AlwaysOpen, BusinessCalendar, Calendar, build_calendar
-from .clock import Clock, SystemClock
 from .config import SlaConfig, load_sla_config
 from .escalation import Escalator
 from .exceptions import SlaError, StateConflict

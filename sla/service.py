@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from ..router.clock import Clock
 from ..router.http import Readiness, add_probe_routes
 from ..router.producer import EnvelopeProducer
 from ..router.redis_client import connect
 from ..router.settings import Settings
-from .clock import Clock
 from .worker import SlaWorker
 
 __all__ = ["run_sla", "sla_service"]

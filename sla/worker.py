@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..router import kafka, topics
+from ..router.clock import Clock, SystemClock
 from ..router.dead_letter import dead_letter_record
 from ..router.events import (
     AgentEvent,
@@ -49,7 +50,6 @@ from ..router.retry import Backoff, retrying
 from ..router.settings import Settings
 from ._redis import as_text
 from .agents import AgentDesk
-from .clock import Clock, SystemClock
 from .config import SlaConfig
 from .escalation import Escalator
 from .exceptions import StateConflict

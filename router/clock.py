@@ -1,4 +1,5 @@
-"""The clock seam: the worker asks it for the time; tests hand in one they advance."""
+"""The clock seam: workers and HTTP handlers ask it for the time; tests hand in one
+they advance (the rehearsal, a virtual one)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ __all__ = ["Clock", "SystemClock"]
 
 
 class Clock(Protocol):
-    """Wall clock in seconds since the epoch (same shape as ``adapters.context.Clock``)."""
+    """Wall clock in seconds since the epoch."""
 
     def now(self) -> float:
         """Seconds since the epoch."""
