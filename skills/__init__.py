@@ -1,7 +1,9 @@
-"""Taxonomy, keyword tagger, priority model, routing rules, skill groups, Redis queues.
+"""Pure decision logic: taxonomy, tagger (keywords and learned model), priority model,
+routing rules, skill groups.
 
-The Redis side (``skills.queues``, ``skills.relax``) is imported from its own modules:
-it depends on the router's pipeline, which depends on this package.
+Imports no other package of omniroute and does no I/O beyond reading its configuration
+files. Its inputs are its own types (:mod:`skills.vocabulary`); the Redis side (queues,
+relaxation) is the router's.
 """
 
 from .config import RoutingConfig, load_config
