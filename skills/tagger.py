@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import ahocorasick
 
@@ -77,17 +78,19 @@ def _target(tag_id: str, is_emotion: bool, negatable: bool, keyword: str) -> _Ta
     return _Target((is_emotion, tag_id), negatable, keyword, 0, hit, alone)
 
 
-# A model n-gram and its weight per scored category: (gram, w0, w1, ...). Dense, so
-# that the columns of a message's n-grams are summed by ``sum`` in C after one
-# ``zip(*grams)``, not weight by weight in Python.
-_Weights = tuple[Any, ...]
-# Automaton payload, a plain tuple for fast unpacking in the hot loop:
-# (length of the normalised keyword, word_start, word_end, targets, weights, gram).
-# A keyword that starts/ends with a latin letter or digit must not match inside a
-# longer latin word or number ("app" in "apple", "315" in "3150"). Stop phrases have
-# no targets (()); model n-grams that are no keyword have targets None, and only
-# n-grams carry weights.
-_Entry = tuple[int, bool, bool, tuple[_Target, ...] | None, _Weights | None]
+# A model n-gram of two or more characters, as one integer: its weight per scored
+# category in fixed point, one lane per category (see _Lanes), plus a unique id above
+# the lanes. Summing a message's n-grams is then one ``sum`` in C over plain ints, not
+# a Python loop per weight; unigrams are summed the same way from a per-character
+# table, so the automaton reports only the rarer longer n-grams.
+_Packed = int
+# Automaton payload. A model n-gram that is no keyword is its packed int alone (the hot
+# loop tests the type once and moves on). Keywords and stop phrases are a plain tuple,
+# for fast unpacking: (length of the normalised keyword, word_start, word_end, targets,
+# packed n-gram or None). A keyword that starts/ends with a latin letter or digit must
+# not match inside a longer latin word or number ("app" in "apple", "315" in "3150").
+# Stop phrases have no targets (()).
+_Entry = tuple[int, bool, bool, tuple["_Target", ...], _Packed | None]
 
 # Characters put first among the automaton root's children (see _root_order). The
 # most frequent characters of modern Chinese, in frequency order.
@@ -237,11 +240,12 @@ class Tagger:
                 targets.setdefault(self._normalize(kw), []).append(target)
         self._keywords = sorted(targets)
         _attach_inner(targets)
-        weights = self._scorer.weights if self._scorer is not None else {}
+        # Unigrams are scored from the scorer's per-character table, not the automaton.
+        weights = self._scorer.packed if self._scorer is not None else {}
         automaton = ahocorasick.Automaton()
         for ch in _root_order(self._keywords):
             automaton.add_word(ch + _NEVER, (2, False, False, (), None))
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, _Entry | _Packed] = {}
         for phrase in taxonomy.stop_phrases:
             norm = self._normalize(phrase)
             if norm not in targets:  # a stop phrase that is also a keyword stays a keyword
@@ -249,9 +253,9 @@ class Tagger:
         for norm, found in targets.items():
             word_start, word_end = _is_word_char(norm[0]), _is_word_char(norm[-1])
             entries[norm] = (len(norm), word_start, word_end, tuple(found), weights.get(norm))
-        for gram, w in weights.items():
+        for gram, packed in weights.items():
             if gram not in entries:
-                entries[gram] = (len(gram), False, False, None, w)
+                entries[gram] = packed
         for norm, entry in entries.items():
             automaton.add_word(norm, entry)
         automaton.make_automaton()
@@ -283,14 +287,16 @@ class Tagger:
         # matches by end position, so a new match can only contain earlier ones that
         # start at or after it, which are at the top of the stack.
         spans: list[tuple[int, int, tuple[_Target, ...]]] = []
-        grams: list[_Weights] = []
+        grams: list[_Packed] = []
         last = len(norm) - 1
         negated = self._negated
-        for end, (length, word_start, word_end, targets, weights) in self._automaton.iter(norm):
-            if weights is not None:
-                grams.append(weights)
-            if targets is None:
-                continue  # an n-gram of the model only
+        for end, entry in self._automaton.iter(norm):
+            if entry.__class__ is int:
+                grams.append(entry)  # an n-gram of the model only
+                continue
+            length, word_start, word_end, targets, packed = entry
+            if packed is not None:
+                grams.append(packed)
             start = end - length + 1
             if (word_start and start > 0 and _is_word_char(norm[start - 1])) or (
                 word_end and end < last and _is_word_char(norm[end + 1])
@@ -303,7 +309,7 @@ class Tagger:
             spans.append((start, end, targets))
         scorer = self._scorer
         if not spans:
-            return EMPTY if scorer is None else scorer.decide(None, grams)
+            return EMPTY if scorer is None else scorer.decide(None, norm, grams)
         # One scan of the message saves a window check per keyword when it has no cue.
         negatable = self._any_cue(norm)
         hits: dict[tuple[bool, str], list[_Target]] | None = None
@@ -320,7 +326,7 @@ class Tagger:
                 elif all(t.keyword != target.keyword for t in found):
                     found.append(target)
         if scorer is not None:
-            return scorer.decide(hits, grams)
+            return scorer.decide(hits, norm, grams)
         if hits is None:
             return EMPTY
         if len(hits) == 1:
@@ -341,19 +347,65 @@ def _merge(found: list[_Target]) -> TagHit:
 
 
 _EVIDENCE: Final = 4  # n-grams named per tag
+_Named = tuple[str, float]  # an n-gram and its weight, rounded, as a tag names it
+
+
+class _Lanes:
+    """Fixed-point weight vectors packed into one Python int, so sums run in C.
+
+    Weight ``w`` of category ``i`` is stored as ``round(w * 10**6)`` in bits
+    ``[64 i, 64 i + 64)``; negative lane values borrow from the lane above, and adding
+    ``_OFFSET`` to every lane at decoding undoes that exactly, as long as each lane's
+    sum stays below 2**62 in magnitude (model files keep 6 decimals, so the packed sums
+    are the exact sums of the file's weights). Bits above the lanes hold a unique id.
+    """
+
+    SCALE: Final = 1_000_000
+    BITS: Final = 64
+    _OFFSET: Final = 1 << 62
+    _MASK: Final = (1 << 64) - 1
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._shifts = tuple(i * self.BITS for i in range(count))
+        self._offsets = sum(self._OFFSET << s for s in self._shifts)
+        self._top = count * self.BITS
+
+    def pack(self, weights: Sequence[float], ident: int) -> int:
+        """One n-gram's weights (one per category, in order) and its unique id."""
+        packed = ident << self._top
+        for shift, w in zip(self._shifts, weights, strict=True):
+            packed += round(w * self.SCALE) << shift
+        return packed
+
+    def unpack(self, total: int) -> list[float]:
+        """Per-category sums of packed weights (the id bits are ignored)."""
+        total += self._offsets
+        mask, offset, scale = self._MASK, self._OFFSET, self.SCALE
+        return [(((total >> s) & mask) - offset) / scale for s in self._shifts]
 
 
 class _Scorer:
     """The compiled model: per-category bias, cut-off and keyword weights, by index."""
 
-    __slots__ = ("_bias", "_cats", "_cut", "_final", "_kw", "_leaf", "weights")
+    __slots__ = (
+        "_bias",
+        "_cats",
+        "_cut",
+        "_final",
+        "_kw",
+        "_lanes",
+        "_leaf",
+        "_positive",
+        "_unigram",
+        "packed",
+    )
 
     def __init__(self, taxonomy: Taxonomy, model: TagModel) -> None:
         issue = taxonomy.issue_categories()
         model.check_against(issue, "tag model")
         self._cats = tuple(model.categories)
         index = {c: i for i, c in enumerate(self._cats)}
-        self._bias = [model.categories[c].bias for c in self._cats]
         self._cut = [model.categories[c].threshold_logit for c in self._cats]
         self._final = frozenset(model.keyword_final)
         self._leaf = [f"{c}.{taxonomy.categories[c].model_leaf_or_first()}" for c in self._cats]
@@ -363,19 +415,31 @@ class _Scorer:
                 if w:
                     kw.setdefault(k, []).append((index[c], w))
         self._kw = {k: tuple(v) for k, v in kw.items()}
-        self.weights: dict[str, _Weights] = {
-            gram: (gram, *(ws.get(c, 0.0) for c in self._cats)) for gram, ws in model.ngrams.items()
-        }
+        self._lanes = lanes = _Lanes(len(self._cats))
+        #: the biases, packed like n-gram weights: the sum starts from them
+        self._bias = lanes.pack([model.categories[c].bias for c in self._cats], 0)
+        #: n-grams of two or more characters -> packed weights (they go into the automaton)
+        self.packed: dict[str, _Packed] = {}
+        #: single characters -> packed weights (summed per character of the message)
+        self._unigram: dict[str, _Packed] = {}
+        #: per category: packed n-gram -> (weight, n-gram, as named in a tag's
+        #: evidence), positive weights only
+        self._positive: list[dict[_Packed, tuple[float, str, _Named]]] = [{} for _ in self._cats]
+        for ident, (gram, ws) in enumerate(sorted(model.ngrams.items()), start=1):
+            dense = [ws.get(c, 0.0) for c in self._cats]
+            packed = lanes.pack(dense, ident)
+            (self._unigram if len(gram) == 1 else self.packed)[gram] = packed
+            for i, w in enumerate(dense):
+                if w > 0:
+                    named = (gram, round(w, 3))
+                    self._positive[i][packed] = (w, gram, named)
 
     def decide(
-        self, hits: dict[tuple[bool, str], list[_Target]] | None, grams: list[_Weights]
+        self, hits: dict[tuple[bool, str], list[_Target]] | None, norm: str, grams: list[_Packed]
     ) -> TagResult:
         """Keyword hits plus n-gram weights -> the tags the model keeps, drops or adds."""
-        columns: list[tuple[Any, ...]] = list(zip(*grams, strict=True)) if grams else []
-        if columns:
-            scores = [b + sum(col) for b, col in zip(self._bias, columns[1:], strict=True)]
-        else:
-            scores = list(self._bias)
+        grams.extend(filter(None, map(self._unigram.get, norm)))  # ids make none 0
+        scores = self._lanes.unpack(sum(grams, self._bias))
         keyword_cats: set[str] = set()
         if hits is not None:
             for is_emotion, tag_id in hits:
@@ -409,34 +473,24 @@ class _Scorer:
                     continue
                 covered.add(cat)
                 if i not in evidence:
-                    evidence[i] = _evidence(columns, i)
+                    evidence[i] = self._evidence(i, grams)
                 tags.append(TagHit(hit.id, hit.keywords, _prob(scores[i]), evidence[i]))
         for cat, i in fired.items():
             if cat not in covered:
-                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), _evidence(columns, i)))
+                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), self._evidence(i, grams)))
         if not tags and not emotions:
             return EMPTY
         tags.sort(key=lambda t: t.id)
         return TagResult(tags=tuple(tags), emotions=tuple(emotions))
 
+    def _evidence(self, index: int, grams: list[_Packed]) -> tuple[_Named, ...]:
+        """The strongest positive n-grams of one category in this message, each once."""
+        found = set(filter(None, map(self._positive[index].get, grams)))
+        return tuple(x[2] for x in sorted(found, reverse=True)[:_EVIDENCE])
+
 
 def _prob(score: float) -> float:
     return round(1.0 / (1.0 + math.exp(-score)), 3)
-
-
-def _evidence(columns: list[tuple[Any, ...]], index: int) -> tuple[tuple[str, float], ...]:
-    """The strongest positive n-grams for one category (each named once)."""
-    if not columns:
-        return ()
-    out: list[tuple[str, float]] = []
-    seen: set[str] = set()
-    for w, gram in sorted(zip(columns[index + 1], columns[0], strict=True), reverse=True):
-        if w <= 0 or len(out) == _EVIDENCE:
-            break
-        if gram not in seen:
-            seen.add(gram)
-            out.append((gram, round(w, 3)))
-    return tuple(out)
 
 
 def _attach_inner(targets: dict[str, list[_Target]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +32,7 @@ def _model(
     threshold: float = 0.5,
 ) -> TagModel:
     cats = {
-        c: CategoryModel(b, threshold, (keyword_weights or {}).get(c, {}))
-        for c, b in bias.items()
+        c: CategoryModel(b, threshold, (keyword_weights or {}).get(c, {})) for c, b in bias.items()
     }
     return TagModel(cats, ngrams or {}, frozenset({"safety", "legal"}) & set(cats), "x", {})
 
@@ -157,3 +157,57 @@ def test_config_check_and_reload_cover_the_model(tmp_path: Path) -> None:
     assert holder.reload() is True
     assert holder().config.model is None
     assert holder.version != good_version
+
+
+def _reference_scores(model: TagModel, keyword_cats: set[str], norm: str) -> dict[str, float]:
+    """Scores computed from the model file's numbers in floats, occurrence by occurrence
+    (overlapping), independently of how the tagger packs and sums them."""
+    scores = {}
+    for cat, params in model.categories.items():
+        total = params.bias + sum(params.keyword_weights.get(k, 0.0) for k in keyword_cats)
+        for gram, weights in model.ngrams.items():
+            w = weights.get(cat)
+            if w:
+                total += w * len(re.findall(f"(?={re.escape(gram)})", norm))
+        scores[cat] = total
+    return scores
+
+
+def _labelled_texts(limit: int) -> list[str]:
+    data = Path(__file__).resolve().parent / "data" / "labelled" / "weibo_service.jsonl"
+    with data.open(encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(limit), fh, strict=False)]
+
+
+def test_shipped_model_scores_equal_a_float_reference(taxonomy: Taxonomy) -> None:
+    """The tagger's packed integer sums give the scores, tags and evidence that the
+    model file's weights give when summed one occurrence at a time."""
+    from omniroute.skills.normalize import default_normalizer
+
+    model = load_tag_model(SHIPPED / MODEL_FILE)
+    tagger, keywords_only = Tagger(taxonomy, model), Tagger(taxonomy)
+    normalize = default_normalizer()
+    texts = [*_labelled_texts(60), "退款" * 5000, "差" * 8000 + "快递", "好评"]
+    checked = 0
+    for text in texts:
+        norm = normalize(text)
+        keyword_cats = {t.id.partition(".")[0] for t in keywords_only.tag(text).tags}
+        ref = _reference_scores(model, keyword_cats, norm)
+        cuts = {c: p.threshold_logit for c, p in model.categories.items()}
+        expected = {
+            c
+            for c, s in ref.items()
+            if s >= cuts[c] or (c in model.keyword_final and c in keyword_cats)
+        }
+        got = {t.id.partition(".")[0]: t for t in tagger.tag(text).tags}
+        assert {c for c in got if c in model.categories} == expected, text[:40]
+        for cat in expected:
+            hit = got[cat]
+            assert hit.score == pytest.approx(1 / (1 + math.exp(-ref[cat])), abs=1.1e-3)
+            positive = sorted(
+                ((w[cat], g) for g, w in model.ngrams.items() if w.get(cat, 0) > 0 and g in norm),
+                reverse=True,
+            )[:4]
+            assert hit.evidence == tuple((g, round(w, 3)) for w, g in positive)
+            checked += 1
+    assert checked > 20  # the sample does fire categories
