@@ -172,51 +172,109 @@ class Envelope:
         """Build from decoded JSON, checking every field's type.
 
         Any malformed shape raises InvalidEnvelope naming the field, never another
-        exception: one bad record must not stop the router.
+        exception: one bad record must not stop the router. The router decodes every
+        inbound record: the checks of the common shape are inlined, and any record
+        that does not pass them goes through the field-by-field pass that names the
+        culprit (or accepts a rarer valid shape).
         """
-        if not isinstance(data, dict):
-            raise InvalidEnvelope(f"envelope must be a JSON object, got {_kind(data)}")
-        schema = data.get("schema", ENVELOPE_SCHEMA_VERSION)
-        if type(schema) is not int or schema != ENVELOPE_SCHEMA_VERSION:
-            raise InvalidEnvelope(
-                f"unsupported envelope schema {_show(schema)}; this router reads schema "
-                f"{ENVELOPE_SCHEMA_VERSION}"
-            )
-        if "channel" not in data:
-            raise InvalidEnvelope("missing field 'channel'")
-        channel = _enum(Channel, data["channel"], "channel")
-        text = _str(data, "text")
-        if len(text) > MAX_TEXT_CHARS:
-            raise InvalidEnvelope(f"field 'text' is {len(text)} characters; limit {MAX_TEXT_CHARS}")
-        cust = data.get("customer")
-        if not isinstance(cust, dict):
-            raise InvalidEnvelope(
-                f"field 'customer' must be an object with an 'id', got {_kind(cust)}"
-            )
-        entry_d = data.get("entry")
-        order_d = data.get("order")
-        return cls(
-            id=_str(data, "id"),
-            channel=channel,
-            account=_str(data, "account"),
-            channel_msg_id=_str(data, "channel_msg_id"),
-            conversation_id=_str(data, "conversation_id"),
-            customer=Customer(
-                id=_str(cust, "id", "customer.id"),
-                handle=_opt_str(cust, "handle", "customer.handle"),
-                tier=_opt_str(cust, "tier", "customer.tier"),
-            ),
-            text=text,
-            received_at_ms=_timestamp_ms(data, "received_at_ms"),
-            sent_at_ms=(None if data.get("sent_at_ms") is None
-                        else _timestamp_ms(data, "sent_at_ms")),
-            attachments=tuple(_attachment(a, i) for i, a in enumerate(_list(data, "attachments"))),
-            entry=_entry(entry_d) if entry_d is not None else None,
-            order=_order(order_d) if order_d is not None else None,
-            hints=_hints(data),
-            meta=_meta(data),
-            raw_ref=_opt_str(data, "raw_ref"),
+        if type(data) is dict:
+            env = _envelope_fast(data)
+            if env is not None:
+                return env
+        return _envelope_checked(data)
+
+
+def _envelope_fast(data: dict[str, Any]) -> Envelope | None:
+    """The envelope when every field has its common valid shape, else None."""
+    g = data.get
+    mid, account, cmid, conv = g("id"), g("account"), g("channel_msg_id"), g("conversation_id")
+    text, received, sent, cust = g("text"), g("received_at_ms"), g("sent_at_ms"), g("customer")
+    schema, channel, raw_ref = g("schema", ENVELOPE_SCHEMA_VERSION), g("channel"), g("raw_ref")
+    entry_d, order_d = g("entry"), g("order")
+    if not (
+        type(schema) is int and schema == ENVELOPE_SCHEMA_VERSION
+        and type(channel) is str and channel in _CHANNELS
+        and type(mid) is str and mid and type(account) is str and account
+        and type(cmid) is str and cmid and type(conv) is str and conv
+        and type(text) is str and text and len(text) <= MAX_TEXT_CHARS
+        and type(received) is int and 0 <= received <= MAX_TIMESTAMP_MS
+        and (sent is None or (type(sent) is int and 0 <= sent <= MAX_TIMESTAMP_MS))
+        and type(cust) is dict and (raw_ref is None or type(raw_ref) is str)
+        and _absent(g("attachments"), list) and _absent(g("hints"), list)
+        and _absent(g("meta"), dict)
+        and (entry_d is None or type(entry_d) is dict)
+        and (order_d is None or type(order_d) is dict)
+    ):
+        return None
+    cid, handle, tier = cust.get("id"), cust.get("handle"), cust.get("tier")
+    if not (
+        type(cid) is str and cid
+        and (handle is None or type(handle) is str) and (tier is None or type(tier) is str)
+    ):
+        return None
+    try:  # nested objects: their own checks, which name the field on failure
+        entry = _entry(entry_d) if entry_d is not None else None
+        order = _order(order_d) if order_d is not None else None
+    except InvalidEnvelope:
+        return None
+    return Envelope(
+        id=mid, channel=_CHANNELS[channel], account=account, channel_msg_id=cmid,
+        conversation_id=conv, customer=Customer(cid, handle, tier), text=text,
+        received_at_ms=received, sent_at_ms=sent, entry=entry, order=order, meta={},
+        raw_ref=raw_ref,
+    )
+
+
+def _absent(value: Any, kind: type) -> bool:
+    """An optional collection field that is null or empty (and of its JSON type)."""
+    return value is None or (type(value) is kind and not value)
+
+
+def _envelope_checked(data: Any) -> Envelope:
+    """Field by field: the envelope, or InvalidEnvelope naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidEnvelope(f"envelope must be a JSON object, got {_kind(data)}")
+    schema = data.get("schema", ENVELOPE_SCHEMA_VERSION)
+    if type(schema) is not int or schema != ENVELOPE_SCHEMA_VERSION:
+        raise InvalidEnvelope(
+            f"unsupported envelope schema {_show(schema)}; this router reads schema "
+            f"{ENVELOPE_SCHEMA_VERSION}"
         )
+    if "channel" not in data:
+        raise InvalidEnvelope("missing field 'channel'")
+    channel = _enum(Channel, data["channel"], "channel")
+    text = _str(data, "text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidEnvelope(f"field 'text' is {len(text)} characters; limit {MAX_TEXT_CHARS}")
+    cust = data.get("customer")
+    if not isinstance(cust, dict):
+        raise InvalidEnvelope(
+            f"field 'customer' must be an object with an 'id', got {_kind(cust)}"
+        )
+    entry_d = data.get("entry")
+    order_d = data.get("order")
+    return Envelope(
+        id=_str(data, "id"),
+        channel=channel,
+        account=_str(data, "account"),
+        channel_msg_id=_str(data, "channel_msg_id"),
+        conversation_id=_str(data, "conversation_id"),
+        customer=Customer(
+            id=_str(cust, "id", "customer.id"),
+            handle=_opt_str(cust, "handle", "customer.handle"),
+            tier=_opt_str(cust, "tier", "customer.tier"),
+        ),
+        text=text,
+        received_at_ms=_timestamp_ms(data, "received_at_ms"),
+        sent_at_ms=(None if data.get("sent_at_ms") is None
+                    else _timestamp_ms(data, "sent_at_ms")),
+        attachments=tuple(_attachment(a, i) for i, a in enumerate(_list(data, "attachments"))),
+        entry=_entry(entry_d) if entry_d is not None else None,
+        order=_order(order_d) if order_d is not None else None,
+        hints=_hints(data),
+        meta=_meta(data),
+        raw_ref=_opt_str(data, "raw_ref"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
