@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Final, NamedTuple
 
 import ahocorasick
@@ -78,19 +79,24 @@ def _target(tag_id: str, is_emotion: bool, negatable: bool, keyword: str) -> _Ta
     return _Target((is_emotion, tag_id), negatable, keyword, 0, hit, alone)
 
 
-# A model n-gram of two or more characters, as one integer: its weight per scored
-# category in fixed point, one lane per category (see _Lanes), plus a unique id above
-# the lanes. Summing a message's n-grams is then one ``sum`` in C over plain ints, not
-# a Python loop per weight; unigrams are summed the same way from a per-character
-# table, so the automaton reports only the rarer longer n-grams.
-_Packed = int
-# Automaton payload. A model n-gram that is no keyword is its packed int alone (the hot
-# loop tests the type once and moves on). Keywords and stop phrases are a plain tuple,
-# for fast unpacking: (length of the normalised keyword, word_start, word_end, targets,
-# packed n-gram or None). A keyword that starts/ends with a latin letter or digit must
-# not match inside a longer latin word or number ("app" in "apple", "315" in "3150").
-# Stop phrases have no targets (()).
-_Entry = tuple[int, bool, bool, tuple["_Target", ...], _Packed | None]
+class _Gram(NamedTuple):
+    """A model n-gram: its weight per scored category packed into one int (one
+    fixed-point lane per category, see _Lanes), and the n-gram itself. A message's
+    n-grams are then summed by one ``sum`` in C over plain ints, not weight by weight
+    in Python, and named as evidence by their (hash-cached) strings."""
+
+    packed: int
+    gram: str
+
+
+# Automaton payload. A model n-gram that is no keyword is its _Gram alone (the hot loop
+# tests the class once and moves on). Keywords and stop phrases are a plain tuple, for
+# fast unpacking: (length of the normalised keyword, word_start, word_end, targets,
+# _Gram or None). A keyword that starts/ends with a latin letter or digit must not
+# match inside a longer latin word or number ("app" in "apple", "315" in "3150"). Stop
+# phrases have no targets (()). Unigrams are not in the automaton: the scorer sums them
+# from a per-character table, so the automaton reports only the rarer longer n-grams.
+_Entry = tuple[int, bool, bool, tuple["_Target", ...], _Gram | None]
 
 # Characters put first among the automaton root's children (see _root_order). The
 # most frequent characters of modern Chinese, in frequency order.
@@ -245,7 +251,7 @@ class Tagger:
         automaton = ahocorasick.Automaton()
         for ch in _root_order(self._keywords):
             automaton.add_word(ch + _NEVER, (2, False, False, (), None))
-        entries: dict[str, _Entry | _Packed] = {}
+        entries: dict[str, _Entry | _Gram] = {}
         for phrase in taxonomy.stop_phrases:
             norm = self._normalize(phrase)
             if norm not in targets:  # a stop phrase that is also a keyword stays a keyword
@@ -253,9 +259,9 @@ class Tagger:
         for norm, found in targets.items():
             word_start, word_end = _is_word_char(norm[0]), _is_word_char(norm[-1])
             entries[norm] = (len(norm), word_start, word_end, tuple(found), weights.get(norm))
-        for gram, packed in weights.items():
+        for gram, weighted in weights.items():
             if gram not in entries:
-                entries[gram] = packed
+                entries[gram] = weighted
         for norm, entry in entries.items():
             automaton.add_word(norm, entry)
         automaton.make_automaton()
@@ -287,16 +293,16 @@ class Tagger:
         # matches by end position, so a new match can only contain earlier ones that
         # start at or after it, which are at the top of the stack.
         spans: list[tuple[int, int, tuple[_Target, ...]]] = []
-        grams: list[_Packed] = []
+        grams: list[_Gram] = []
         last = len(norm) - 1
         negated = self._negated
         for end, entry in self._automaton.iter(norm):
-            if entry.__class__ is int:
+            if entry.__class__ is _Gram:
                 grams.append(entry)  # an n-gram of the model only
                 continue
-            length, word_start, word_end, targets, packed = entry
-            if packed is not None:
-                grams.append(packed)
+            length, word_start, word_end, targets, weighted = entry
+            if weighted is not None:
+                grams.append(weighted)
             start = end - length + 1
             if (word_start and start > 0 and _is_word_char(norm[start - 1])) or (
                 word_end and end < last and _is_word_char(norm[end + 1])
@@ -347,6 +353,8 @@ def _merge(found: list[_Target]) -> TagHit:
 
 
 _EVIDENCE: Final = 4  # n-grams named per tag
+_PACKED: Final = itemgetter(0)
+_GRAM: Final = itemgetter(1)
 _Named = tuple[str, float]  # an n-gram and its weight, rounded, as a tag names it
 
 
@@ -419,27 +427,27 @@ class _Scorer:
         #: the biases, packed like n-gram weights: the sum starts from them
         self._bias = lanes.pack([model.categories[c].bias for c in self._cats], 0)
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
-        self.packed: dict[str, _Packed] = {}
+        self.packed: dict[str, _Gram] = {}
         #: single characters -> packed weights (summed per character of the message)
-        self._unigram: dict[str, _Packed] = {}
-        #: per category: packed n-gram -> (weight, n-gram, as named in a tag's
+        self._unigram: dict[str, _Gram] = {}
+        #: per category: n-gram -> (weight, n-gram, as named in a tag's
         #: evidence), positive weights only
-        self._positive: list[dict[_Packed, tuple[float, str, _Named]]] = [{} for _ in self._cats]
+        self._positive: list[dict[str, tuple[float, str, _Named]]] = [{} for _ in self._cats]
         for ident, (gram, ws) in enumerate(sorted(model.ngrams.items()), start=1):
             dense = [ws.get(c, 0.0) for c in self._cats]
-            packed = lanes.pack(dense, ident)
-            (self._unigram if len(gram) == 1 else self.packed)[gram] = packed
+            weighted = _Gram(lanes.pack(dense, ident), gram)
+            (self._unigram if len(gram) == 1 else self.packed)[gram] = weighted
             for i, w in enumerate(dense):
                 if w > 0:
                     named = (gram, round(w, 3))
-                    self._positive[i][packed] = (w, gram, named)
+                    self._positive[i][gram] = (w, gram, named)
 
     def decide(
-        self, hits: dict[tuple[bool, str], list[_Target]] | None, norm: str, grams: list[_Packed]
+        self, hits: dict[tuple[bool, str], list[_Target]] | None, norm: str, grams: list[_Gram]
     ) -> TagResult:
         """Keyword hits plus n-gram weights -> the tags the model keeps, drops or adds."""
-        grams.extend(filter(None, map(self._unigram.get, norm)))  # ids make none 0
-        scores = self._lanes.unpack(sum(grams, self._bias))
+        grams.extend(filter(None, map(self._unigram.get, norm)))
+        scores = self._lanes.unpack(sum(map(_PACKED, grams), self._bias))
         keyword_cats: set[str] = set()
         if hits is not None:
             for is_emotion, tag_id in hits:
@@ -483,9 +491,9 @@ class _Scorer:
         tags.sort(key=lambda t: t.id)
         return TagResult(tags=tuple(tags), emotions=tuple(emotions))
 
-    def _evidence(self, index: int, grams: list[_Packed]) -> tuple[_Named, ...]:
+    def _evidence(self, index: int, grams: list[_Gram]) -> tuple[_Named, ...]:
         """The strongest positive n-grams of one category in this message, each once."""
-        found = set(filter(None, map(self._positive[index].get, grams)))
+        found = set(filter(None, map(self._positive[index].get, map(_GRAM, grams))))
         return tuple(x[2] for x in sorted(found, reverse=True)[:_EVIDENCE])
 
 
