@@ -63,7 +63,24 @@ def _stub_project(where: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build_wheel(ROOT, tmp_path_factory.mktemp("dist"))
+    """The wheel as ``python -m build`` makes it by default: from the sdist."""
+    out = tmp_path_factory.mktemp("dist")
+    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT)
+    (wheel,) = [w for w in out.glob("*.whl")]
+    return wheel
+
+
+def test_the_wheel_built_from_the_sdist_equals_the_direct_one(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """The sdist carries every real folder: a wheel built from it has every module."""
+    direct = _build_wheel(ROOT, tmp_path)
+    with zipfile.ZipFile(wheel) as via_sdist, zipfile.ZipFile(direct) as straight:
+        names = sorted(n for n in via_sdist.namelist() if ".dist-info/" not in n)
+        assert names == sorted(n for n in straight.namelist() if ".dist-info/" not in n)
+    for module in ("router/worker.py", "skills/tagger.py", "sla/worker.py",
+                   "adapters/http.py", "config/taxonomy.yaml"):
+        assert f"omniroute/{module}" in names
 
 
 @pytest.fixture(scope="module")
