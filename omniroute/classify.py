@@ -18,7 +18,7 @@ from typing import IO, Any
 import orjson
 
 from .router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
-from .router.pipeline import MessageFacts, Pipeline
+from .router.pipeline import Pipeline, RedisFacts
 
 __all__ = ["InputFormat", "InputRow", "classify_rows", "read_rows"]
 
@@ -129,7 +129,7 @@ def classify_rows(
 ) -> Iterator[bytes]:
     """One JSON line (bytes, no newline) per row: the decision, or an error object."""
     now_ms = int(time.time() * 1000)
-    facts = MessageFacts()
+    facts = RedisFacts()
     for row in rows:
         try:
             env = _envelope(row, now_ms)

@@ -15,12 +15,16 @@ from ..skills.rules import RuleSet
 from ..skills.tagger import Tagger, TagResult
 from .models import Decision, Envelope
 
-__all__ = ["MessageFacts", "Pipeline"]
+__all__ = ["NO_REDIS_FACTS", "Pipeline", "RedisFacts"]
 
 
 @dataclass(frozen=True, slots=True)
-class MessageFacts:
-    """Per-message facts the worker reads from Redis before deciding."""
+class RedisFacts:
+    """Per-message facts the worker reads from Redis before deciding.
+
+    Not the message's own facts (``skills.vocabulary.MessageFacts``, from ``Envelope.facts()``):
+    these are what Redis remembers about the customer and conversation.
+    """
 
     redis_tier: str | None = None
     prior_contacts: int = 0  # earlier contacts of this customer within the repeat window
@@ -28,7 +32,7 @@ class MessageFacts:
     sticky_agent: str | None = None
 
 
-NO_FACTS = MessageFacts()
+NO_REDIS_FACTS = RedisFacts()
 
 
 class Pipeline:
@@ -72,7 +76,7 @@ class Pipeline:
         self,
         env: Envelope,
         now_ms: int,
-        facts: MessageFacts = NO_FACTS,
+        facts: RedisFacts = NO_REDIS_FACTS,
         depths: Mapping[str, int] | None = None,
         tagged: TagResult | None = None,
     ) -> Decision:

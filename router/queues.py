@@ -44,7 +44,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .keys import Keys, bucket_of
 from .models import Band, Decision, Envelope
-from .pipeline import MessageFacts
+from .pipeline import RedisFacts
 from .redis_client import is_cluster_client
 
 __all__ = ["QueueStats", "QueueStore", "RedisQueueStore", "ReplicationLag"]
@@ -201,7 +201,7 @@ class QueueStats:
 class QueueStore(Protocol):
     """What the router worker needs from the queue store."""
 
-    async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[MessageFacts]:
+    async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[RedisFacts]:
         """Tier, prior contacts and sticky group/agent of each envelope."""
 
     async def enqueue(
@@ -324,7 +324,7 @@ class RedisQueueStore:
             )
         return result
 
-    async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[MessageFacts]:
+    async def facts(self, envelopes: Sequence[Envelope], now_ms: int) -> list[RedisFacts]:
         """Standalone: one script call for the whole batch (it also records each contact).
         Cluster: one call per routing bucket, concurrently, and one tier read."""
         if not envelopes:
@@ -360,14 +360,14 @@ class RedisQueueStore:
                     tiers.update(zip(uncached, (_text(v) for v in values), strict=True))
 
             await asyncio.gather(tier_read(), *(one(b) for b in buckets))
-        out: list[MessageFacts] = []
+        out: list[RedisFacts] = []
         for i, env in enumerate(envelopes):
             is_cached, tier = cached[i]
             if not is_cached:
                 tier = tiers.get(env.customer.id)
                 self._tiers.put(env.customer.id, tier, now_ms)
             group_b, agent_b = sticky[i]
-            out.append(MessageFacts(redis_tier=tier, prior_contacts=contacts[i],
+            out.append(RedisFacts(redis_tier=tier, prior_contacts=contacts[i],
                                     sticky_group=_text(group_b), sticky_agent=_text(agent_b)))
         return out
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from omniroute.router.exceptions import ConfigError
 from omniroute.router.metrics import RouterMetrics
 from omniroute.router.models import Band, Channel, EntryKind
-from omniroute.router.pipeline import MessageFacts, Pipeline
+from omniroute.router.pipeline import Pipeline, RedisFacts
 from omniroute.router.reload import PipelineHolder
 from omniroute.router.settings import default_config_dir
 from omniroute.skills.config import load_config
@@ -160,7 +160,7 @@ def test_no_valid_rule_set_crashes_the_router(
                                           encoding="utf-8")
     pipeline = Pipeline(load_config(cfg_dir))
     groups = pipeline.config.groups.groups
-    d = pipeline.decide(envelope(1, text or "x", amount=depth), 1, MessageFacts(),
+    d = pipeline.decide(envelope(1, text or "x", amount=depth), 1, RedisFacts(),
                         dict.fromkeys(groups, depth))
     assert d.skill_group in groups
     assert d.rule_id in {r["id"] for r in rules}

@@ -18,7 +18,7 @@ from omniroute.router.models import (
     Order,
     message_id,
 )
-from omniroute.router.pipeline import MessageFacts, Pipeline
+from omniroute.router.pipeline import Pipeline, RedisFacts
 from omniroute.skills.config import load_config
 
 MINI = Path(__file__).parent / "data" / "mini"
@@ -49,39 +49,39 @@ def env(
 @pytest.mark.parametrize(
     ("message", "facts", "group", "band", "reason"),
     [
-        (env("尺码怎么选"), MessageFacts(), "general", Band.P4, "below every band"),
-        (env("外卖还没到"), MessageFacts(), "logistics", Band.P3,
+        (env("尺码怎么选"), RedisFacts(), "general", Band.P4, "below every band"),
+        (env("外卖还没到"), RedisFacts(), "logistics", Band.P3,
          "urgency 2 x importance 2 -> +20"),
-        (env("外卖还没到，气死了，赶紧"), MessageFacts(), "logistics", Band.P3,
+        (env("外卖还没到，气死了，赶紧"), RedisFacts(), "logistics", Band.P3,
          "emotion urgent (赶紧) -> +8"),
-        (env("饭菜变质了"), MessageFacts(), "food_safety", Band.P2,
+        (env("饭菜变质了"), RedisFacts(), "food_safety", Band.P2,
          "urgency 3 x importance 3 -> +45"),
-        (env("有人威胁，我被打了"), MessageFacts(), "emergency", Band.P0,
+        (env("有人威胁，我被打了"), RedisFacts(), "emergency", Band.P0,
          "personal-safety emergency (safety.personal) -> P0"),
-        (env("被打了", tier="vip"), MessageFacts(), "emergency", Band.P0, "-> P0"),
-        (env("再不处理我就打12315"), MessageFacts(), "legal_pr", Band.P2,
+        (env("被打了", tier="vip"), RedisFacts(), "emergency", Band.P0, "-> P0"),
+        (env("再不处理我就打12315"), RedisFacts(), "legal_pr", Band.P2,
          "compliance risk (legal.regulator) -> +25"),
-        (env("退款没到账"), MessageFacts(redis_tier="vip"), "vip", Band.P2,
+        (env("退款没到账"), RedisFacts(redis_tier="vip"), "vip", Band.P2,
          "customer tier vip -> +20"),
-        (env("退款没到账", tier="vip"), MessageFacts(redis_tier="normal"), "payment", Band.P3,
+        (env("退款没到账", tier="vip"), RedisFacts(redis_tier="normal"), "payment", Band.P3,
          "urgency 2 x importance 3"),
-        (env("外卖还没到", amount=150), MessageFacts(), "logistics", Band.P3,
+        (env("外卖还没到", amount=150), RedisFacts(), "logistics", Band.P3,
          "order amount 150 >= 100 yuan -> +10"),
-        (env("退款没到账"), MessageFacts(prior_contacts=2), "payment", Band.P2,
+        (env("退款没到账"), RedisFacts(prior_contacts=2), "payment", Band.P2,
          "repeat contact: contact #3"),
-        (env("退款没到账"), MessageFacts(prior_contacts=1), "payment", Band.P3, "score 30"),
+        (env("退款没到账"), RedisFacts(prior_contacts=1), "payment", Band.P3, "score 30"),
         (env("这个多少钱", channel=Channel.LIVESTREAM,
-             entry=Entry(EntryKind.LIVE_ROOM, "r1")), MessageFacts(), "livestream", Band.P4,
+             entry=Entry(EntryKind.LIVE_ROOM, "r1")), RedisFacts(), "livestream", Band.P4,
          "synchronous channel livestream -> +10"),
-        (env("未接来电", channel=Channel.PHONE, hints=("callback",)), MessageFacts(),
+        (env("未接来电", channel=Channel.PHONE, hints=("callback",)), RedisFacts(),
          "callback", Band.P3, "channel hint callback -> +10"),
-        (env("骑手态度差"), MessageFacts(), "complaints_qa", Band.P4, "urgency 1 x importance 2"),
-        (env("买了个大件", amount=5000), MessageFacts(), "general", Band.P4,
+        (env("骑手态度差"), RedisFacts(), "complaints_qa", Band.P4, "urgency 1 x importance 2"),
+        (env("买了个大件", amount=5000), RedisFacts(), "general", Band.P4,
          "group closed full (no capacity)"),
     ],
 )
 def test_decisions_table(
-    pipeline: Pipeline, message: Envelope, facts: MessageFacts, group: str, band: Band,
+    pipeline: Pipeline, message: Envelope, facts: RedisFacts, group: str, band: Band,
     reason: str,
 ) -> None:
     d = pipeline.decide(message, 10, facts, {})
@@ -93,24 +93,24 @@ def test_decisions_table(
 
 def test_overflow_walks_fallbacks_then_overflow_targets(pipeline: Pipeline) -> None:
     msg = env("外卖还没到")
-    assert pipeline.decide(msg, 1, MessageFacts(), {"logistics": 2}).skill_group == "logistics"
-    full = pipeline.decide(msg, 1, MessageFacts(), {"logistics": 3})
+    assert pipeline.decide(msg, 1, RedisFacts(), {"logistics": 2}).skill_group == "logistics"
+    full = pipeline.decide(msg, 1, RedisFacts(), {"logistics": 3})
     assert (full.skill_group, full.overflow_from) == ("general", "logistics")
     assert "group logistics full (queue 3 >= 3)" in full.explain
-    both = pipeline.decide(msg, 1, MessageFacts(), {"logistics": 3, "general": 100})
+    both = pipeline.decide(msg, 1, RedisFacts(), {"logistics": 3, "general": 100})
     assert (both.skill_group, both.overflow_from) == ("senior", "logistics")
 
 
 def test_sticky_conversation_returns_to_its_group_and_agent(pipeline: Pipeline) -> None:
-    d = pipeline.decide(env("你好"), 1, MessageFacts(sticky_group="payment", sticky_agent="a7"))
+    d = pipeline.decide(env("你好"), 1, RedisFacts(sticky_group="payment", sticky_agent="a7"))
     assert (d.skill_group, d.agent_id, d.rule_id) == ("payment", "a7", "default")
     assert "sticky: conversation was served by payment" in d.explain
-    emergency = pipeline.decide(env("我被打了"), 1, MessageFacts(sticky_group="payment"))
+    emergency = pipeline.decide(env("我被打了"), 1, RedisFacts(sticky_group="payment"))
     assert emergency.skill_group == "emergency", "safety is never held back by stickiness"
 
 
 def test_every_decision_explains_itself(pipeline: Pipeline) -> None:
-    d = pipeline.decide(env("外卖还没到，气死了"), 5, MessageFacts())
+    d = pipeline.decide(env("外卖还没到，气死了"), 5, RedisFacts())
     assert d.config_version.startswith("mini-1+")
     assert d.rule_id == "logistics"
     assert d.tags[0].id == "logistics.delay"
@@ -135,7 +135,7 @@ def test_every_message_gets_exactly_one_decision(
     groups = pipeline.config.groups.groups
     d = pipeline.decide(
         env(text, channel=channel, tier=tier, amount=amount), 1,
-        MessageFacts(prior_contacts=prior), dict.fromkeys(groups, depth),
+        RedisFacts(prior_contacts=prior), dict.fromkeys(groups, depth),
     )
     assert d.skill_group in groups
     assert d.priority.band in Band
