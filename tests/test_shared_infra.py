@@ -1,5 +1,5 @@
 """The pieces written once for every package: backoff and retry, the start/stop
-lifecycle, text clipping and the validation-error formatter."""
+lifecycle, text clipping, the validation-error formatter and the /readyz cache."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from omniroute.adapters.text import clip
 from omniroute.router import format_validation_error
+from omniroute.router.http import Readiness
 from omniroute.router.lifecycle import Lifecycle
 from omniroute.router.retry import Backoff, retrying
 
@@ -139,3 +140,47 @@ def test_formatter_hides_secrets_limits_and_can_omit_values() -> None:
     bare = format_validation_error(exc, prefix="messages[1].", show_input=False, sep="; ")
     assert bare.split("; ")[0] == "messages[1].app_id: Input should be a valid string"
     assert "got" not in bare
+
+
+class _Counting:
+    """A readiness check that counts its calls and fails while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.down = False
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # a real round trip: concurrent probes overlap it
+        if self.down:
+            raise ConnectionError("refused")
+
+
+async def test_readiness_checks_once_per_cache_period_under_a_burst() -> None:
+    check = _Counting()
+    ready = Readiness({"redis": check}, cache_s=3600.0)
+    # a concurrent burst waits for the one check in flight, then a sequential one
+    results = await asyncio.gather(*(ready.status() for _ in range(50)))
+    results += [await ready.status() for _ in range(50)]
+    assert check.calls == 1
+    assert {code for code, _ in results} == {200}
+    # the cached answer stands even when the dependency goes away within the period
+    check.down = True
+    assert (await ready.status())[0] == 200
+    assert check.calls == 1
+
+
+async def test_readiness_checks_again_after_the_cache_period() -> None:
+    check = _Counting()
+    ready = Readiness({"redis": check}, cache_s=0.2)
+    assert await ready.status() == (200, {"status": "ready"})
+    assert check.calls == 1
+    check.down = True
+    await asyncio.sleep(0.3)  # past the period: the next probe asks again
+    code, body = await ready.status()
+    assert check.calls == 2
+    assert (code, body) == (503, {"status": "unavailable", "problems": ["redis: refused"]})
+    check.down = False
+    await asyncio.sleep(0.3)
+    assert (await ready.status())[0] == 200
+    assert check.calls == 3
