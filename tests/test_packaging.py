@@ -153,3 +153,49 @@ def test_console_script_runs_from_the_wheel(clean_env: Path, tmp_path: Path) -> 
     assert "logistics" in tags[0]
     assert "food_safety" in tags[1]
     assert "legal" in tags[2]
+
+
+_DEPENDENCY_CHECK = """\
+import importlib.metadata as md, re, sys
+import omniroute.cli, omniroute.node, omniroute.classify, omniroute.router.worker
+import omniroute.sla.worker, omniroute.sla.service, omniroute.adapters.http
+import omniroute.adapters.email.smtp, omniroute.adapters.wechat.adapter
+from omniroute.classify import *  # noqa: F403
+def name(req):
+    return re.split(r"[ ;<>=!~\\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
+def closure(dist):
+    seen, todo = set(), [dist]
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            reqs = md.requires(d) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [name(r) for r in reqs if "extra ==" not in r]
+    return seen
+allowed = closure("omniroute")
+owners = md.packages_distributions()
+stdlib = set(sys.stdlib_module_names)
+missing = set()
+for mod in list(sys.modules):
+    top = mod.split(".")[0]
+    if top in stdlib or top.startswith("_") or top == "omniroute":
+        continue
+    dists = {d.lower().replace("_", "-") for d in owners.get(top, [])}
+    if dists and not dists & allowed:
+        missing.add(f"{top} ({', '.join(sorted(dists))})")
+print("\\n".join(sorted(missing)))
+"""
+
+
+def test_every_module_the_runtime_imports_is_a_declared_dependency(clean_env: Path) -> None:
+    """The clean environment borrows the development environment's packages, so an
+    import of a package that the wheel does not require would pass the tests above:
+    every third-party module the runtime loads must come from the Requires-Dist
+    closure of the wheel (without extras)."""
+    out = _run(clean_env / "python", "-I", "-c", _DEPENDENCY_CHECK,
+               cwd=clean_env.parent, env=_clean_env_vars()).stdout.strip()
+    assert out == "", f"imported but not declared as runtime dependencies:\n{out}"
