@@ -8,9 +8,10 @@ shared by whoever produces it and whoever consumes it.
 | ``omni.agent-events`` | :class:`AgentEvent` | agent API, router relaxation |
 | ``omni.chatter`` | :class:`ChatterRecord` | Douyin adapter |
 | ``omni.signals`` | :class:`SignalRecord` | Douyin adapter |
+| ``omni.dead-letter`` | :class:`DeadLetterRecord` | router and SLA workers (dead_letter.py) |
 
 (``omni.inbound`` carries :class:`~router.models.Envelope`, ``omni.routed``
-:class:`~router.models.Decision`, ``omni.dead-letter`` :mod:`router.dead_letter`.)
+:class:`~router.models.Decision`.)
 
 Each model is a frozen, slotted dataclass: producers build it and send ``to_json()``;
 consumers call ``from_json``/``from_dict``, which check every field by hand and raise
@@ -41,6 +42,9 @@ __all__ = [
     "AlertType",
     "ChatterRecord",
     "ChatterRule",
+    "DeadLetterRecord",
+    "DeadLetterSource",
+    "DeadLetterStage",
     "EscalationActions",
     "InvalidRecord",
     "SignalKind",
@@ -59,6 +63,7 @@ AlertType = Literal["sla.warning", "sla.breach", "sla.escalation"]
 SurgeType = Literal["surge.start", "surge.clear", "incident", "incident.clear", "surge.warning"]
 ChatterRule = Literal["empty", "repeat", "emoji_only", "cheer", "too_short"]
 SignalKind = Literal["live_gift", "live_like", "live_fansclub"]
+DeadLetterStage = Literal["router", "sla"]
 
 CHATTER_RULES: Final[tuple[ChatterRule, ...]] = get_args(ChatterRule)
 SIGNAL_KINDS: Final[tuple[SignalKind, ...]] = get_args(SignalKind)
@@ -67,6 +72,7 @@ _SURGE_TYPES: Final = {t: t for t in get_args(SurgeType)}
 _SIGNAL_KINDS: Final = {k: k for k in SIGNAL_KINDS}
 _CHATTER_RULES: Final = {r: r for r in CHATTER_RULES}
 _CHANNELS: Final = {c.value: c for c in Channel}
+_DEAD_LETTER_STAGES: Final = {s: s for s in get_args(DeadLetterStage)}
 
 
 def _wire(record: Any, omitted: frozenset[str]) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def _wire(record: Any, omitted: frozenset[str]) -> dict[str, Any]:
         value = getattr(record, f.name)
         if value is None and f.name in omitted:
             continue
-        if isinstance(value, EscalationActions):
+        if isinstance(value, (EscalationActions, DeadLetterSource)):
             value = dataclasses.asdict(value)
         elif isinstance(value, tuple):
             value = list(value)
@@ -447,4 +453,59 @@ class SignalRecord(_Record):
             last_ms=_rec.opt_count(d, "last_ms", r),
             received_at_ms=_rec.count(d, "received_at_ms", r),
             gift_value=_rec.opt_number(d, "gift_value", r),
+        )
+
+
+# --- omni.dead-letter ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeadLetterSource:
+    """Where the dead-lettered record sat: its topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord(_Record):
+    """A record a worker could not process (omni.dead-letter; key = the original key).
+
+    ``reason`` names what failed (the router's start with the metric label, e.g.
+    ``invalid_envelope: ...``); the original key and value are kept base64-encoded,
+    with a readable, clipped start of the value for operators.
+    """
+
+    RECORD: ClassVar[str] = "dead letter"
+
+    reason: str
+    stage: DeadLetterStage  # the worker that gave up on the record
+    source: DeadLetterSource
+    key_b64: str | None  # null when the record had no key
+    value_b64: str
+    value_preview: str  # the value's start as UTF-8 (undecodable bytes replaced)
+    failed_at_ms: int
+
+    def __repr__(self) -> str:
+        src = self.source
+        return (f"DeadLetterRecord({self.stage} {src.topic}[{src.partition}]@{src.offset}: "
+                f"{self.reason})")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DeadLetterRecord:
+        """Build from decoded JSON, checking every field; raises InvalidRecord."""
+        r = "dead letter"
+        d = _rec.obj(data, r)
+        src = _rec.obj(d.get("source"), f"{r} field 'source'")
+        return cls(
+            reason=_rec.req_str(d, "reason", r),
+            stage=_rec.choice(d, "stage", _DEAD_LETTER_STAGES, r),
+            source=DeadLetterSource(
+                topic=_rec.req_str(src, "topic", r, "source.topic"),
+                partition=_rec.count(src, "partition", r, "source.partition"),
+                offset=_rec.count(src, "offset", r, "source.offset"),
+            ),
+            key_b64=_rec.opt_str(d, "key_b64", r),
+            value_b64=_rec.any_str(d, "value_b64", r),
+            value_preview=_rec.any_str(d, "value_preview", r),
+            failed_at_ms=_rec.count(d, "failed_at_ms", r),
         )

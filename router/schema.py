@@ -12,11 +12,13 @@ from typing import Any, Final
 
 from pydantic import TypeAdapter
 
+from . import topics
 from .events import (
     AGENT_EVENT_TYPES,
     CHATTER_RULES,
     AgentEvent,
     ChatterRecord,
+    DeadLetterRecord,
     SignalRecord,
     SlaAlert,
     SurgeSignal,
@@ -27,13 +29,14 @@ __all__ = ["RECORDS", "json_schema"]
 
 # record name -> (model, topic); the name is the CLI argument and the file name
 RECORDS: Final[dict[str, tuple[type, str]]] = {
-    "envelope": (Envelope, "omni.inbound"),
-    "decision": (Decision, "omni.routed"),
-    "sla-alert": (SlaAlert, "omni.sla-alerts"),
-    "surge-signal": (SurgeSignal, "omni.surge"),
-    "agent-event": (AgentEvent, "omni.agent-events"),
-    "chatter": (ChatterRecord, "omni.chatter"),
-    "signal": (SignalRecord, "omni.signals"),
+    "envelope": (Envelope, topics.INBOUND),
+    "decision": (Decision, topics.ROUTED),
+    "sla-alert": (SlaAlert, topics.SLA_ALERTS),
+    "surge-signal": (SurgeSignal, topics.SURGE),
+    "agent-event": (AgentEvent, topics.AGENT_EVENTS),
+    "chatter": (ChatterRecord, topics.CHATTER),
+    "signal": (SignalRecord, topics.SIGNALS),
+    "dead-letter": (DeadLetterRecord, topics.DEAD_LETTER),
 }
 
 

@@ -4,6 +4,7 @@ actually produced."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -22,9 +23,11 @@ from typer.testing import CliRunner
 from omniroute.adapters.douyin.parse import LiveItem, comment_envelope, signal_record
 from omniroute.cli import app
 from omniroute.router import topics
+from omniroute.router.dead_letter import PREVIEW_CHARS, dead_letter_record
 from omniroute.router.events import (
     AgentEvent,
     ChatterRecord,
+    DeadLetterRecord,
     EscalationActions,
     SignalRecord,
     SlaAlert,
@@ -158,6 +161,11 @@ ESCALATION = dataclasses.replace(
     notify=("duty-manager",), from_group="livestream",
     actions=EscalationActions(raise_bands=2, move_to="supervisor", queued_messages_touched=1),
 )
+def poison(key: bytes | None, value: bytes | None, offset: int = 7) -> ConsumerRecord[bytes, bytes]:
+    """A consumed record some worker could not process."""
+    return ConsumerRecord("omni.inbound", 2, offset, 0, 0, key, value, None, 1, 1, [])
+
+
 EVENT = AgentEvent("transfer", "c-1", "system:relax", T0_MS, group="general",
                    to_group="vip", message_id="m-1", reason="waited 301 s")
 
@@ -251,6 +259,24 @@ def test_the_detectors_signals_pass_through_the_model_unchanged() -> None:
         assert SurgeSignal.from_json(model.to_json()) == model
 
 
+def test_dead_letters_keep_their_wire_format() -> None:
+    value = "退款".encode() * 400 + b"\xff"
+    raw = dead_letter_record(poison(b"c-1", value), "invalid_envelope: bad", T0_MS, "router")
+    assert orjson.loads(raw) == {
+        "reason": "invalid_envelope: bad", "stage": "router",
+        "source": {"topic": "omni.inbound", "partition": 2, "offset": 7},
+        "key_b64": base64.b64encode(b"c-1").decode(),
+        "value_b64": base64.b64encode(value).decode(),
+        "value_preview": "退款" * (PREVIEW_CHARS // 2), "failed_at_ms": T0_MS,
+    }
+    assert list(orjson.loads(raw)) == ["reason", "stage", "source", "key_b64", "value_b64",
+                                       "value_preview", "failed_at_ms"]
+    keyless = orjson.loads(dead_letter_record(poison(None, None), "sla: x", T0_MS, "sla"))
+    assert (keyless["key_b64"], keyless["value_b64"], keyless["value_preview"]) == (None, "", "")
+    letter = DeadLetterRecord.from_json(raw)
+    assert (letter.source.offset, base64.b64decode(letter.value_b64)) == (7, value)
+
+
 # --- round trips and the published schemas --------------------------------------------
 def produced() -> list[tuple[str, bytes]]:
     item = LiveItem.model_validate({"msg_id": "c1", "sec_openid": "v1", "content": "hi"})
@@ -266,6 +292,10 @@ def produced() -> list[tuple[str, bytes]]:
         ("signal", signal_record("live_fansclub", "r1", [like("f1", 0, ts=None)],
                                  T0_MS).to_json()),
         *(("surge-signal", SurgeSignal(**s).to_json()) for s in surge_signals()),
+        ("dead-letter", dead_letter_record(poison(b"k", b"{oops"), "invalid_envelope: x",
+                                           T0_MS, "router")),
+        ("dead-letter", dead_letter_record(poison(None, b"\xff"), "sla: not JSON", T0_MS,
+                                           "sla")),
     ]
 
 
@@ -324,6 +354,14 @@ def test_every_record_has_a_schema_on_the_command_line() -> None:
          lambda d: d.pop("room"), "signal record field 'room'"),
         (SignalRecord, lambda: signal_record("live_like", "r", [like("l", 1)], T0_MS).to_json(),
          lambda d: d.update(kind="like"), "signal record field 'kind' must be one of"),
+        (DeadLetterRecord, lambda: dead_letter_record(poison(b"k", b"v"), "r", 1, "sla"),
+         lambda d: d.update(stage="adapter"), "dead letter field 'stage' must be one of"),
+        (DeadLetterRecord, lambda: dead_letter_record(poison(b"k", b"v"), "r", 1, "sla"),
+         lambda d: d["source"].update(offset=-1), "dead letter field 'source.offset'"),
+        (DeadLetterRecord, lambda: dead_letter_record(poison(b"k", b"v"), "r", 1, "sla"),
+         lambda d: d.update(source="omni.inbound"), "dead letter field 'source'"),
+        (DeadLetterRecord, lambda: dead_letter_record(poison(b"k", b"v"), "r", 1, "sla"),
+         lambda d: d.pop("value_b64"), "dead letter field 'value_b64'"),
     ],
 )
 def test_invalid_records_name_the_field(model: Any, sample: Any, mutate: Any,
@@ -336,7 +374,7 @@ def test_invalid_records_name_the_field(model: Any, sample: Any, mutate: Any,
 
 
 @pytest.mark.parametrize("model", [Decision, AgentEvent, SlaAlert, SurgeSignal, SignalRecord,
-                                   ChatterRecord])
+                                   ChatterRecord, DeadLetterRecord])
 def test_non_json_and_non_objects_are_invalid_records(model: Any) -> None:
     with pytest.raises(InvalidRecord, match="not JSON"):
         model.from_json(b"not json")
