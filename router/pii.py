@@ -32,7 +32,10 @@ the order of the table; a masked value is never matched again.
 Where it runs: :meth:`router.producer.EnvelopeProducer.send_envelopes` masks
 every envelope before it goes to Kafka, whichever ingest path built it, so no
 path can skip it (the channel adapters may mask earlier, e.g. to keep chatter
-records clean; masking is idempotent, a second pass finds nothing new).
+records clean; masking is idempotent, a second pass finds nothing new). What it
+masks is every free-text field of the envelope: the text, the customer's display
+handle, attachment names, hints and ``meta`` strings (:func:`mask_envelope` says
+which id fields are left alone, and why).
 
 Unmasked access (``pii.unmasked_access`` in ``config/channels.yaml``): the only
 supported value is ``none``: the original values never leave the adapter
@@ -57,6 +60,7 @@ from .exceptions import ConfigError
 from .models import Customer, Envelope
 
 __all__ = [
+    "ID_META_KEYS",
     "PII_KINDS",
     "MaskResult",
     "PiiPolicy",
@@ -267,22 +271,63 @@ def mask_pii(text: str) -> MaskResult:
     return MaskResult(text, counts)
 
 
-def mask_envelope(env: Envelope) -> tuple[Envelope, MaskResult]:
-    """Mask the text and the customer's display handle; counts go to ``meta``.
+#: ``meta`` keys whose values are identifiers or references that an adapter copies
+#: from the channel or its own configuration, not text a customer wrote: the
+#: credential namespace (``source``), a call id, an e-mail ``In-Reply-To`` message id,
+#: the receiving mailboxes and official account, a picture URL. They are left alone
+#: like the envelope's id fields (a masked one would no longer match what it names,
+#: and the patterns do match inside them: a Message-ID looks like an e-mail address,
+#: a hex call id can hold a mobile-shaped digit run). Every other string value is masked.
+ID_META_KEYS: Final = frozenset(
+    {"source", "call_id", "in_reply_to", "mailboxes", "to_user", "pic_url"}
+)
 
-    Returns the new envelope and the combined counts (for the metrics).
+
+def mask_envelope(env: Envelope) -> tuple[Envelope, MaskResult]:
+    """Mask every free-text field of ``env``; counts go to ``meta``.
+
+    Masked: the text, the customer's display handle, attachment names, hints and the
+    string values of ``meta`` (except :data:`ID_META_KEYS`); all of them can carry what
+    a customer or a caller of the generic API typed ("13812345678身份证.jpg").
+
+    Not masked: the id fields (``id``, ``channel_msg_id``, ``conversation_id``,
+    ``account``, ``customer.id``, ``customer.tier``, ``entry.id``, ``order.id``) and
+    attachment ``ref``\\ s. They are keys the router, Redis and the agents' systems join
+    on (dedupe, sticky routing, tiers, SLA state, fetching the attachment), so a
+    rewritten one would stop matching; the channel adapters derive them from opaque
+    channel ids or hash them (a phone number becomes ``phone:<digest>``), and callers of
+    the generic API are told to send opaque ids (README, "Personal data").
+
+    Returns the new envelope (``env`` itself when nothing was masked) and the combined
+    counts (for the metrics). Idempotent: a second pass finds nothing new.
     """
-    text = mask_pii(env.text)
-    counts: dict[str, int] = dict(text.counts)
+    counts: dict[str, int] = {}
+
+    def mask(value: str) -> str:
+        result = mask_pii(value)
+        for kind, n in result.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+        return result.text
+
+    text = mask(env.text)
     customer = env.customer
     if customer.handle:
-        handle = mask_pii(customer.handle)
-        if handle.counts:
-            customer = Customer(customer.id, handle.text, customer.tier)
-            for kind, n in handle.counts.items():
-                counts[kind] = counts.get(kind, 0) + n
-    result = MaskResult(text.text, counts)
+        handle = mask(customer.handle)
+        if handle != customer.handle:
+            customer = Customer(customer.id, handle, customer.tier)
+    attachments = tuple(
+        dataclasses.replace(a, name=mask(a.name)) if a.name else a for a in env.attachments
+    )
+    hints = tuple(mask(h) for h in env.hints)
+    meta: dict[str, str | int] = {
+        k: mask(v) if isinstance(v, str) and k not in ID_META_KEYS else v
+        for k, v in env.meta.items()
+    }
+    result = MaskResult(text, counts)
     if not counts:
         return env, result
-    meta: dict[str, str | int] = {**env.meta, **result.meta()}
-    return dataclasses.replace(env, text=text.text, customer=customer, meta=meta), result
+    meta.update(result.meta())
+    masked = dataclasses.replace(
+        env, text=text, customer=customer, attachments=attachments, hints=hints, meta=meta
+    )
+    return masked, result

@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omniroute.router.exceptions import ConfigError
-from omniroute.router.models import Channel, Customer, Envelope
+from omniroute.router.models import (
+    Attachment,
+    Channel,
+    Customer,
+    Entry,
+    EntryKind,
+    Envelope,
+    Order,
+)
 from omniroute.router.pii import (
     bank_card_valid,
     id_card_shaped,
@@ -178,6 +186,40 @@ def test_mask_envelope_masks_text_and_handle() -> None:
     assert result.total == 2
     same, none = mask_envelope(masked)
     assert same is masked
+    assert none.total == 0
+
+
+def test_mask_envelope_masks_every_free_text_field_and_no_id() -> None:
+    """Attachment names, hints and meta strings are masked like the text (issue 11,
+    item 4: the generic API let them through); id fields and refs stay as sent."""
+    env = Envelope(
+        id="app-1", channel=Channel.APP, account="shop", channel_msg_id="m-1",
+        conversation_id="bearer:ab:app:c-1", customer=Customer("c-1", tier="vip"),
+        text="见附件", received_at_ms=1,
+        attachments=(Attachment("file", "s3://b/k-13912345678", f"身份证{VALID_ID}.jpg"),
+                     Attachment("image", "media-1")),
+        entry=Entry(EntryKind.ORDER, "o-1"), order=Order("o-1", 9.0),
+        hints=("1", f"卡{VALID_CARD}"),
+        meta={"source": "bearer:13912345678abcd", "note": "回电13912345678",
+              "in_reply_to": "<x.y@mail.example>", "call_id": "CA13912345678",
+              "attachments_total": 3},
+    )
+    masked, result = mask_envelope(env)
+    assert [a.name for a in masked.attachments] == ["身份证110***********002X.jpg", None]
+    assert [a.ref for a in masked.attachments] == ["s3://b/k-13912345678", "media-1"]
+    assert masked.hints == ("1", "卡6222 **** **** 0128")
+    assert masked.meta == {
+        "source": "bearer:13912345678abcd", "note": "回电139****5678",
+        "in_reply_to": "<x.y@mail.example>", "call_id": "CA13912345678",
+        "attachments_total": 3,
+        "pii_masked_id_card": 1, "pii_masked_bank_card": 1, "pii_masked_phone": 1,
+    }
+    assert result.counts == {"id_card": 1, "bank_card": 1, "phone": 1}
+    ids = ("id", "channel", "account", "channel_msg_id", "conversation_id", "customer",
+           "text", "entry", "order", "received_at_ms")
+    assert all(getattr(masked, f) == getattr(env, f) for f in ids)
+    again, none = mask_envelope(masked)
+    assert again is masked
     assert none.total == 0
 
 

@@ -1,6 +1,7 @@
 """PII audit (issue 11, item 4): known personal numbers pushed through every ingest path
-(generic API, WeChat, WeCom, Douyin, Twilio, TCCC, SMTP), routed by the real router, then
-searched for in every topic, every Redis key and value of the test, and the captured logs.
+(generic API, WeChat, WeCom, Douyin, Twilio, TCCC, SMTP), on the generic API also in
+attachment names and hints, routed by the real router, then searched for in every
+topic, every Redis key and value of the test, and the captured logs.
 
 Masking runs once, at the envelope producer (router.pii via EnvelopeProducer), so no
 path can skip it; this test is what proves it for each path.
@@ -188,10 +189,19 @@ async def test_no_known_number_survives_any_ingest_path(
         client, now = e.client, int(e.clock.now())
         answers: dict[str, int] = {}
 
-        # generic API: text and the customer's handle
+        # generic API: text, the customer's handle, attachment names and hints (each a
+        # free-text field a caller fills with what the customer typed or uploaded)
+        attachments = [
+            {"kind": "image", "ref": "media-1", "name": f"身份证{ID_CARD}.jpg"},
+            {"kind": "file", "ref": "media-2",
+             "name": f"老证{ID_CARD_OLD}卡{BANK_CARD}邮箱{EMAIL}.pdf"},
+        ]
         resp = await client.post("/v1/messages", headers={"Authorization": f"Bearer {TEST_TOKEN}"},
                                  json={"channel_msg_id": "api-1", "text": TEXT,
-                                       "customer": {"id": "crm-1", "handle": f"王先生{MOBILE}"}})
+                                       "customer": {"id": "crm-1", "handle": f"王先生{MOBILE}"},
+                                       "attachments": attachments,
+                                       "hints": [f"回电{LANDLINE}", f"card {BANK_CARD}",
+                                                 ID_CARD_BAD_CHECK]})
         answers["api"] = resp.status
 
         # WeChat Official Account (plain mode)
@@ -268,6 +278,12 @@ async def test_no_known_number_survives_any_ingest_path(
     texts = " ".join(env.text for env in inbound)
     assert "110***********002X" in texts
     assert "010-****6666" in texts
+    [api] = [env for env in inbound if env.channel.value == "app"]
+    assert [a.name for a in api.attachments] == [
+        "身份证110***********002X.jpg",
+        "老证110********7123卡6222 **** **** 0128邮箱w***@example.com.pdf",
+    ]
+    assert api.hints == ("回电010-****6666", "card 6222 **** **** 0128", "110***********0011")
 
 
 async def test_the_smtp_library_log_keeps_the_sender_address_out(

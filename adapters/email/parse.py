@@ -10,7 +10,6 @@ decoded as GB 18030, the superset, so they arrive intact.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from ...router.models import (
     Envelope,
     message_id,
 )
-from ...router.pii import mask_pii
 from ..text import clip
 from .text import html_to_text, normalise_subject, strip_quoted
 
@@ -326,18 +324,13 @@ def to_envelope(
     # text is no valid envelope on the wire (found by tests/test_email_fuzz.py).
     text = clip(text) or f"[{mail.attachments[0].kind}]"
     handle = f"{mail.from_name} <{address}>" if mail.from_name else address
-    # No subject in meta: meta is not PII-masked, the text (which starts with it) is.
+    # No subject in meta: the text starts with it. Everything here (text, handle, file
+    # names) is PII-masked by the producer (router.pii.mask_envelope), not here.
     meta: dict[str, str | int] = {}
     if mail.in_reply_to:
         meta["in_reply_to"] = mail.in_reply_to[:256]
     if mail.attachments_total > len(mail.attachments):
         meta["attachments_total"] = mail.attachments_total
-    # File names carry personal data too ("13812345678身份证.jpg"); the adapter's
-    # mask_envelope covers text and handle only.
-    attachments = tuple(
-        dataclasses.replace(a, name=mask_pii(a.name).text) if a.name else a
-        for a in mail.attachments
-    )
     return Envelope(
         id=message_id(Channel.EMAIL, mailbox, mail.message_id),
         channel=Channel.EMAIL,
@@ -348,6 +341,6 @@ def to_envelope(
         text=text,
         received_at_ms=received_at_ms,
         sent_at_ms=mail.sent_at_ms,
-        attachments=attachments,
+        attachments=mail.attachments,
         meta=meta,
     )
