@@ -24,7 +24,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -38,6 +37,7 @@ from .customers import import_tiers
 from .embedded import free_port, redis_or_embedded, start_broker
 from .router import kafka, topics
 from .router.exceptions import InfrastructureError
+from .router.models import Decision
 from .router.redis_client import connect_sync
 from .router.settings import Settings
 
@@ -132,20 +132,20 @@ async def _replay(
     return ids
 
 
-async def _collect(settings: Settings, ids: set[str], progress: Progress) -> list[dict[str, Any]]:
+async def _collect(settings: Settings, ids: set[str], progress: Progress) -> list[Decision]:
     consumer = kafka.consumer(settings, settings.topic(topics.ROUTED), group_id=None)
     await consumer.start()
     task = progress.add_task("decisions on omni.routed", total=len(ids))
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Decision] = {}
     deadline = time.monotonic() + 120
     try:
         while len(found) < len(ids) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 for rec in recs:
-                    d = orjson.loads(rec.value)
-                    if d["message_id"] in ids and d["message_id"] not in found:
-                        found[d["message_id"]] = d
+                    d = Decision.from_json(rec.value or b"")
+                    if d.message_id in ids and d.message_id not in found:
+                        found[d.message_id] = d
             progress.update(task, completed=len(found))
     finally:
         await consumer.stop()
@@ -170,17 +170,17 @@ def _table(title: str, counts: Counter[str], total: int, extra: dict[str, str] |
     return table
 
 
-def _summary(decisions: list[dict[str, Any]], settings: Settings) -> None:
+def _summary(decisions: list[Decision], settings: Settings) -> None:
     from .skills.config import load_config
 
     cfg = load_config(settings.config_dir)
     names = {g: s.name for g, s in cfg.groups.groups.items()}
     total = len(decisions)
-    groups = Counter(d["skill_group"] for d in decisions)
-    bands = Counter(d["priority"]["band"] for d in decisions)
-    tags = Counter(t["id"] for d in decisions for t in d["tags"])
-    untagged = sum(1 for d in decisions if not d["tags"])
-    latencies = sorted(d["decided_at_ms"] - d["received_at_ms"] for d in decisions)
+    groups = Counter(d.skill_group for d in decisions)
+    bands = Counter(d.priority.band.value for d in decisions)
+    tags = Counter(t.id for d in decisions for t in d.tags)
+    untagged = sum(1 for d in decisions if not d.tags)
+    latencies = sorted(d.decided_at_ms - d.received_at_ms for d in decisions)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     console.print(_table("Messages per skill group", groups, total, names))
     console.print(_table("Messages per priority band", Counter(dict(sorted(bands.items()))),
@@ -192,14 +192,14 @@ def _summary(decisions: list[dict[str, Any]], settings: Settings) -> None:
         f"over {total} messages (adapter receipt -> routing decision)"
     )
     console.print("\n[bold]Why did they go there?[/bold] (three decisions, explained)")
-    samples = [*sorted(decisions, key=lambda d: -d["priority"]["score"])[:2], decisions[0]]
+    samples = [*sorted(decisions, key=lambda d: -d.priority.score)[:2], decisions[0]]
     for d in samples:
-        tag_list = ", ".join(f"{t['id']}[{'|'.join(t['keywords'])}]" for t in d["tags"]) or "-"
+        tag_list = ", ".join(f"{t.id}[{'|'.join(t.keywords)}]" for t in d.tags) or "-"
         console.print(
-            f"- {d['message_id']} -> [cyan]{d['skill_group']}[/cyan] {d['priority']['band']} "
-            f"(rule {d['rule_id']}; tags {tag_list})"
+            f"- {d.message_id} -> [cyan]{d.skill_group}[/cyan] {d.priority.band.value} "
+            f"(rule {d.rule_id}; tags {tag_list})"
         )
-        for reason in [*d["priority"]["reasons"], *d["explain"]]:
+        for reason in [*d.priority.reasons, *d.explain]:
             console.print(f"    {reason}", highlight=False)
 
 

@@ -35,7 +35,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
@@ -43,7 +42,7 @@ from .admin import ensure_topics
 from .embedded import free_port, redis_answers, start_broker, start_redis
 from .router import topics
 from .router.keys import Keys
-from .router.models import Channel, Customer, Envelope, message_id
+from .router.models import Channel, Customer, Decision, Envelope, message_id
 from .router.settings import Settings
 
 PARTITIONS = 4
@@ -90,7 +89,7 @@ class Probe:
             if raw is None:
                 worst[partition] = float("inf")
                 continue
-            delay = orjson.loads(raw)["decided_at_ms"] / 1000 - sent
+            delay = Decision.from_json(raw).decided_at_ms / 1000 - sent
             worst[partition] = max(worst.get(partition, 0.0), delay)
         return worst
 

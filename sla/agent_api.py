@@ -31,8 +31,9 @@ from aiohttp import web
 
 from ..router import topics
 from ..router.events import AgentEvent
-from ..router.exceptions import BrokerUnavailable, RequestRejected
+from ..router.exceptions import BrokerUnavailable, InvalidRecord, RequestRejected
 from ..router.http import HttpContext, Installer, read_limited
+from ..router.models import Decision
 from ..router.settings import AgentApiSettings
 from .agents import AgentDesk, ConvAction
 
@@ -56,6 +57,19 @@ class _HttpError(Exception):
 
 def _fail(status: int, error: str, message: str) -> _HttpError:
     return _HttpError(status, error, message)
+
+
+def _stored_decision(raw: bytes | None, message_id: str) -> dict[str, Any] | None:
+    """The claimed message's decision as JSON, decoded through :class:`Decision`; None
+    when it expired, or (logged) when what Redis holds is not a decision."""
+    if not raw:
+        return None
+    try:
+        decision: dict[str, Any] = orjson.loads(Decision.from_json(raw).to_json())
+    except InvalidRecord as exc:
+        log.warning("agent API: stored decision of %s unreadable: %s", message_id, exc)
+        return None
+    return decision
 
 
 def installer(api_settings: AgentApiSettings) -> Installer:
@@ -210,7 +224,7 @@ def _install_routes(
                                      group=result.group or "", message_id=result.message_id))
         except BrokerUnavailable as exc:  # the claim stands; its event only informs
             log.warning("agent API: claim event not produced: %s", exc)
-        decision = orjson.loads(result.decision) if result.decision else None
+        decision = _stored_decision(result.decision, result.message_id)
         return web.json_response({"claimed": {
             "message_id": result.message_id, "conversation_id": result.conversation_id,
             "group": result.group, "decision": decision,

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
@@ -37,7 +36,7 @@ from ..router.events import ChatterRecord, SignalRecord, SurgeSignal
 from ..router.exceptions import InvalidRecord
 from ..router.keys import Keys
 from ..router.lifecycle import Lifecycle
-from ..router.models import Channel, Decision
+from ..router.models import Channel, Decision, Envelope
 from ..router.retry import Backoff
 from ..router.settings import ConsoleSettings, Settings
 from .agents import AgentDesk
@@ -172,10 +171,10 @@ class ConsoleFeed(Lifecycle):
             elif name == topics.SURGE:
                 self.board.apply(SurgeSignal.from_json(value))
             elif name == topics.INBOUND:
-                if _LIVE in value:  # most inbound traffic is not live stream: skip parsing it
-                    d = orjson.loads(value)
-                    if d.get("channel") == Channel.LIVESTREAM.value:
-                        self.rooms.append(RoomEvent(int(d["received_at_ms"]), str(d["account"]),
+                if _LIVE in value:  # most inbound traffic is not live stream: skip decoding it
+                    env = Envelope.from_json(value)
+                    if env.channel is Channel.LIVESTREAM:
+                        self.rooms.append(RoomEvent(env.received_at_ms, env.account,
                                                     questions=1))
             elif name == topics.CHATTER:
                 env = ChatterRecord.from_json(value).envelope

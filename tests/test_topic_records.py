@@ -39,6 +39,7 @@ from omniroute.router.models import Band, Channel, Decision, Priority, TagHit
 from omniroute.router.schema import RECORDS
 from omniroute.router.settings import Settings, default_config_dir
 from omniroute.sla.config import SlaConfig, SurgeConfig, load_sla_config
+from omniroute.sla.console_data import ConsoleFeed
 from omniroute.sla.surge import ScopeState, Staffing, SurgeDetector
 from omniroute.sla.worker import SlaWorker
 from tests.test_sla_support import T0_MS, FakeClock, consume_json, decision, poll
@@ -416,9 +417,23 @@ def test_a_decision_with_any_field_replaced_decodes_exactly_or_is_refused(
 
 @given(JSON)
 def test_decoding_arbitrary_json_raises_nothing_but_invalid_record(data: object) -> None:
-    for model in (Decision, AgentEvent, SlaAlert, SurgeSignal, SignalRecord, ChatterRecord):
+    for model in (Decision, AgentEvent, SlaAlert, SurgeSignal, SignalRecord, ChatterRecord,
+                  DeadLetterRecord):
         with contextlib.suppress(InvalidRecord):
             model.from_dict(data)
+
+
+# --- the console decodes inbound records through the envelope model -----------------
+def test_the_console_counts_live_inbound_records_only_when_they_are_envelopes() -> None:
+    feed = ConsoleFeed(Settings(), Settings().console, lambda: T0_MS)
+    item = LiveItem.model_validate({"msg_id": "q1", "sec_openid": "v1", "content": "几时发货"})
+    question = orjson.loads(comment_envelope(item, "7300001", T0_MS).to_json())
+    feed.apply(topics.INBOUND, orjson.dumps(question))
+    assert [(e.room, e.questions, e.at_ms) for e in feed.rooms] == [("7300001", 1, T0_MS)]
+    for bad in ({**question, "text": ""}, {**question, "received_at_ms": "now"},
+                {**question, "customer": None}):
+        feed.apply(topics.INBOUND, orjson.dumps(bad))
+    assert (len(feed.rooms), feed.invalid, feed.records) == (1, 3, 4)
 
 
 # --- the SLA worker consumes and produces through the models --------------------------
