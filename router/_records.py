@@ -9,19 +9,17 @@ and the field. No validation library: these run once per consumed record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from .exceptions import InvalidRecord
-
-SHOWN_CHARS: Final = 80  # a bad value is shown in an error cut to this many characters
+from .text import SHOWN_CHARS, clip
 
 
 def show(value: Any) -> str:
     """The repr of a bad value for an error message, cut to ``SHOWN_CHARS``."""
-    shown = repr(value)
-    return shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+    return clip(repr(value), SHOWN_CHARS)
 
 
 def loads(raw: bytes | str, record: str) -> dict[str, Any]:

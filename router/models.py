@@ -28,6 +28,8 @@ from ..skills.vocabulary import (
 )
 from . import _records as _rec
 from .exceptions import InvalidEnvelope
+from .text import MAX_TEXT_CHARS as MAX_TEXT_CHARS  # the envelope's text limit, re-exported
+from .text import SHOWN_CHARS, clip
 
 __all__ = [
     "DECISION_SCHEMA_VERSION",
@@ -50,14 +52,12 @@ __all__ = [
 
 ENVELOPE_SCHEMA_VERSION: Final = 1
 DECISION_SCHEMA_VERSION: Final = 1
-MAX_TEXT_CHARS: Final = 20_000  # longer texts are truncated by adapters, refused by the router
 # ms since the epoch; below 1e13 (year 2286), the span of one band in a queue score
 MAX_TIMESTAMP_MS: Final = 10**13 - 1
 MAX_AMOUNT: Final = 1e12  # order amounts (yuan) must be below this
 MAX_SIZE_BYTES: Final = 2**53 - 1  # attachment sizes: integers every JSON reader keeps exact
 INT64_MIN: Final = -(2**63)  # integers in meta must fit a signed 64-bit integer
 INT64_MAX: Final = 2**63 - 1
-SHOWN_CHARS: Final = 80  # a bad value is shown in an error cut to this many characters
 E = TypeVar("E", Channel, EntryKind)
 
 
@@ -133,10 +133,9 @@ class Envelope:
     schema: int = ENVELOPE_SCHEMA_VERSION
 
     def __repr__(self) -> str:
-        text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
         return (
             f"Envelope({self.id} {self.channel}/{self.account} conv={self.conversation_id} "
-            f"customer={self.customer.id} text={text!r})"
+            f"customer={self.customer.id} text={clip(self.text, 40)!r})"
         )
 
     @property
@@ -464,7 +463,7 @@ def _show(value: Any) -> str:
         shown = _SHORT.repr(value)
     except ValueError:  # an integer longer than Python's int-to-str limit
         shown = f"<{_kind(value)}>"
-    return shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+    return clip(shown, SHOWN_CHARS)
 
 
 def _kind(value: Any) -> str:

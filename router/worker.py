@@ -43,6 +43,7 @@ from .pipeline import Pipeline
 from .queues import QueueStore, depths_of
 from .retry import retrying
 from .settings import Settings
+from .text import clip
 
 __all__ = ["BatchResult", "BatchRouter", "Prepared"]
 
@@ -350,9 +351,7 @@ def _reason(kind: str, exc: BaseException) -> str:
         detail = str(exc) if isinstance(exc, InvalidEnvelope) else f"{type(exc).__name__}: {exc}"
     except Exception:  # an exception that cannot print itself still gets its type named
         detail = f"{type(exc).__name__} (unprintable)"
-    if len(detail) > MAX_REASON_CHARS:
-        detail = detail[: MAX_REASON_CHARS - 1] + "…"
-    return f"{kind}: {detail}"
+    return f"{kind}: {clip(detail, MAX_REASON_CHARS)}"
 
 
 def _decode(rec: ConsumerRecord[bytes, bytes]) -> Envelope | str:
