@@ -53,21 +53,11 @@ console = Console()
 def _child(
     settings: Settings, log_path: Path, viewer_token: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "REDIS_URL": settings.redis_url,
-        "OMNI_TOPIC_PREFIX": settings.topic_prefix,
-        "OMNI_REDIS_PREFIX": settings.redis_prefix,
-        "OMNI_CONSUMER_GROUP": settings.consumer_group,
-        "OMNI_HTTP_PORT": str(settings.http_port),
-        "OMNI_WORKER_WEB_PORT": str(settings.worker_web_port),
+    env = settings.child_environ({  # the demo's settings, with its loopback credentials
         "OMNI_INGEST_TOKENS": orjson.dumps([DEMO_TOKEN]).decode(),
         "OMNI_AGENT_TOKENS": orjson.dumps([DEMO_AGENT_TOKEN]).decode(),
         "OMNI_CONSOLE_TOKENS": orjson.dumps([viewer_token]).decode(),
-        "OMNI_FAST_REBALANCE": "1",
-        "OMNI_CONFIG_DIR": str(settings.config_dir),
-    }
+    })
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "omniroute", "run", "--loglevel", "warning"],
@@ -253,7 +243,7 @@ def run_demo(n: int, base: Settings, keep_running: bool = False) -> None:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omniroute-demo-")))
         with console.status("starting the embedded Kafka broker (Tansu) and Redis ..."):
-            broker = stack.enter_context(start_broker())
+            broker = stack.enter_context(start_broker(log=base.tansu_log))
             redis_url = stack.enter_context(redis_or_embedded(base.redis_url))
         console.print(f"broker {broker.url} (embedded Tansu), redis {redis_url}"
                       f"{'' if redis_url == base.redis_url else ' (embedded valkey)'}")

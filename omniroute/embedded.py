@@ -120,8 +120,13 @@ def valkey_binary() -> str:
     return str(get_binary_path())
 
 
-def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedProcess:
-    """Start Tansu (memory storage) on 127.0.0.1; return it with its bootstrap address."""
+def start_broker(
+    port: int | None = None, timeout_s: float = 20.0, log: str = "warn"
+) -> EmbeddedProcess:
+    """Start Tansu (memory storage) on 127.0.0.1; return it with its bootstrap address.
+
+    ``log``: its RUST_LOG filter (``Settings.tansu_log``, OMNI_TANSU_LOG).
+    """
     port = port or free_port()
     listener = f"tcp://127.0.0.1:{port}"
     cmd = [
@@ -134,7 +139,8 @@ def start_broker(port: int | None = None, timeout_s: float = 20.0) -> EmbeddedPr
         "--storage-engine",
         "memory://tansu/",
     ]
-    env = {**os.environ, "RUST_LOG": os.environ.get("OMNI_TANSU_LOG", "warn")}
+    # nothing of ours: the broker needs no variable but its log filter, and sees no secret
+    env = {"RUST_LOG": log}
     proc = subprocess.Popen(  # noqa: S603 - binaries shipped in our own dependencies
         cmd,
         stdout=subprocess.DEVNULL,

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     base = Settings()
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="omni-membership-"))
-    with start_broker() as broker, _redis(base.redis_url) as redis_url:
+    with start_broker(log=base.tansu_log) as broker, _redis(base.redis_url) as redis_url:
         overrides = {
             "KAFKA_BOOTSTRAP": broker.url, "REDIS_URL": redis_url,
             "OMNI_TOPIC_PREFIX": f"m{tag}.", "OMNI_REDIS_PREFIX": f"m{tag}",
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             "OMNI_WORKER_DATA_DIR": str(workdir),
         }
         settings = Settings.model_validate({**base.environ, **overrides})
-        env = {**os.environ, **overrides}
+        env = settings.child_environ()
         figures = asyncio.run(measure(settings, env, workdir, static=args.static))
     group = {k: v for k, v in settings.model_dump().items()
              if k.startswith(("kafka_session", "kafka_heartbeat", "kafka_rebalance"))

@@ -272,6 +272,8 @@ class Settings(BaseSettings):
     group_instance_id: str | None = Field(None, min_length=1, max_length=200,
                                           alias="OMNI_GROUP_INSTANCE_ID")
     kafka_idempotence: bool = Field(False, alias="OMNI_KAFKA_IDEMPOTENCE")
+    # RUST_LOG of the embedded Tansu broker that ``demo`` and the rehearsals start
+    tansu_log: str = Field("warn", min_length=1, alias="OMNI_TANSU_LOG")
 
     email: EmailSettings = _section(EmailSettings)
     phone: PhoneSettings = _section(PhoneSettings)
@@ -308,6 +310,36 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full topic name for one of ``router.topics``."""
         return f"{self.topic_prefix}{name}"
+
+    def child_environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a child process that must read these same settings.
+
+        The environment read at start, with every root variable written from this tree
+        (an unset optional one removed), then ``extra``. The sections' variables come
+        from the environment read at start (or ``extra``).
+        """
+        env = dict(self.environ)
+        for name, field in type(self).model_fields.items():
+            if name in _SECTIONS or name == "environ" or field.alias is None:
+                continue
+            value = getattr(self, name)
+            if value is None:
+                env.pop(field.alias, None)
+            else:
+                env[field.alias] = _variable(value)
+        env.update(extra or {})
+        return env
+
+
+def _variable(value: Any) -> str:
+    """A setting's value as its environment variable spells it (secrets revealed)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return json.dumps([_variable(v) for v in value])
+    return str(value)
 
 
 class _Variables(EnvSettingsSource):

@@ -3,17 +3,19 @@ declared once, passed down; no module of the packages reads the environment itse
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from typer.testing import CliRunner
 
 from omniroute.cli import app
 from omniroute.router.settings import (
     AgentApiSettings,
+    ConsoleSettings,
     EmailSettings,
     PhoneSettings,
     Settings,
@@ -39,6 +41,52 @@ def test_every_variable_is_declared_once() -> None:
     assert repeated == []
     assert "OMNI_AGENT_LIVE_TTL_S" in names
     assert "OMNI_CUSTOMER_ID_SALT" in names
+    assert "OMNI_TANSU_LOG" in names
+
+
+def _code_files() -> list[Path]:
+    """The packages' modules and the composition root's (not its links to the packages)."""
+    files = [p for package in ("router", "adapters", "sla", "skills")
+             for p in sorted((ROOT / package).rglob("*.py"))]
+    return files + sorted((ROOT / "omniroute").glob("*.py"))
+
+
+def test_every_variable_the_code_names_is_declared() -> None:
+    declared = set(_aliases(Settings) + [a for m in SECTIONS.values() for a in _aliases(m)])
+    declared |= set(_aliases(ConsoleSettings))
+    named = {(p.relative_to(ROOT).as_posix(), n) for p in _code_files()
+             for n in re.findall(r"\bOMNI_[A-Z0-9_]*[A-Z0-9]\b", p.read_text(encoding="utf-8"))}
+    assert sorted((f, n) for f, n in named if n not in declared) == []
+
+
+def test_a_child_process_environment_carries_these_settings(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMNI_GROUP_INSTANCE_ID", "pod-0")
+    monkeypatch.setenv("OMNI_SMTP_PORT", "2626")  # a section's: passed through as read
+    monkeypatch.setenv("SOME_PATH", "/opt/x")
+    base = Settings()
+    settings = base.model_copy(update={
+        "kafka_bootstrap": "127.0.0.1:1", "http_port": 9999, "fast_rebalance": True,
+        "hmac_window_s": 12.5, "group_instance_id": None, "tansu_log": "debug",
+        "ingest_tokens": (SecretStr("t1"), SecretStr("t2")),
+        "customer_id_salt": SecretStr("pepper"), "config_dir": ROOT / "config",
+    })
+    monkeypatch.setenv("OMNI_HTTP_PORT", "1")  # changed after the start: not read again
+    env = settings.child_environ({"OMNI_AGENT_TOKENS": '["a1"]'})
+    assert (env["SOME_PATH"], env["OMNI_SMTP_PORT"], env["OMNI_AGENT_TOKENS"]) == (
+        "/opt/x", "2626", '["a1"]')
+    assert "OMNI_GROUP_INSTANCE_ID" not in env  # unset in the tree: not inherited
+    assert env["OMNI_HTTP_PORT"] == "9999"
+    for name in list(os.environ):  # the child: exactly this environment
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    roots = [n for n in Settings.model_fields if n not in SECTIONS and n not in (
+        "console", "environ")]
+    assert {n: getattr(child, n) for n in roots} == {n: getattr(settings, n) for n in roots}
+    assert child.email.smtp_port == 2626
 
 
 def test_settings_reads_the_whole_tree_from_the_environment(
@@ -99,14 +147,13 @@ def test_a_bad_secret_is_named_but_never_shown(monkeypatch: pytest.MonkeyPatch) 
     assert "s3cr3t" not in result.stderr
 
 
-def test_no_package_module_reads_the_environment_itself() -> None:
+def test_no_module_reads_the_environment_itself() -> None:
     offenders = []
-    for package in ("router", "adapters", "sla", "skills"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            rel = path.relative_to(ROOT).as_posix()
-            text = path.read_text(encoding="utf-8")
-            if rel == "router/settings.py":
-                continue
-            if re.search(r"\bos\.(environ|getenv)\b|\bBaseSettings\b", text):
-                offenders.append(rel)
+    for path in _code_files():
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if rel == "router/settings.py":
+            continue
+        if re.search(r"\bos\.(environ|getenv)\b|\bBaseSettings\b", text):
+            offenders.append(rel)
     assert offenders == []
