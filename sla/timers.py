@@ -16,8 +16,7 @@ it, so every deadline fires exactly once however many workers tick.
 
 from __future__ import annotations
 
-import asyncio
-import random
+import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 from ..router.events import AgentEvent
 from ..router.keys import Keys
 from ..router.models import Decision
+from ..router.retry import Backoff, retrying
 from ._redis import as_text
 from .exceptions import StateConflict
 from .state import ConvState, Fired, SlaEngine, member, parse_member
@@ -33,6 +33,8 @@ from .state import ConvState, Fired, SlaEngine, member, parse_member
 __all__ = ["TimerStore"]
 
 CAS_ATTEMPTS: Final = 16
+CAS_BACKOFF_INITIAL_S: Final = 0.002  # the jittered wait after a conflict: [0, 2 ms] ...
+CAS_BACKOFF_MAX_S: Final = 0.064  # ... doubling to [0, 64 ms]
 BATCH_CONVERSATIONS: Final = 500  # conversations per read + script call
 
 _SAVE = """
@@ -158,21 +160,25 @@ class TimerStore:
         ``change`` may mutate the state it is given and returns the new state, or
         None for "nothing to do". Returns the stored state (None if unchanged).
         """
-        for attempt in range(CAS_ATTEMPTS):
-            if attempt:
-                # jittered backoff: writers of one conversation are rare (the partition
-                # owner plus an escalation), so contention is short
-                await asyncio.sleep(random.uniform(0, 0.001 * 2**min(attempt, 6)))  # noqa: S311 - jitter, not crypto
+        async def attempt() -> ConvState | None:
             state = await self.load(conversation_id)
             expected = state.ver if state is not None else 0
             new = change(state)
             if new is None:
                 return None
-            if not await self._store([(conversation_id, expected, new)]):
-                return new
-        raise StateConflict(
-            f"SLA state of conversation {conversation_id!r} changed {CAS_ATTEMPTS} times while "
-            "updating it; the input will be retried from Kafka"
+            if await self._store([(conversation_id, expected, new)]):
+                raise StateConflict(
+                    f"SLA state of conversation {conversation_id!r} changed {CAS_ATTEMPTS} times "
+                    "while updating it; the input will be retried from Kafka"
+                )
+            return new
+
+        # writers of one conversation are rare (the partition owner plus an escalation),
+        # so contention is short: a jittered backoff of a few milliseconds
+        return await retrying(
+            attempt, (StateConflict,), f"SLA state update of {conversation_id!r}",
+            backoff=Backoff(CAS_BACKOFF_INITIAL_S, CAS_BACKOFF_MAX_S, jitter=True),
+            attempts=CAS_ATTEMPTS, log_level=logging.DEBUG,
         )
 
     async def apply_batch(self, changes: Sequence[tuple[str, Change]]) -> int:

@@ -1,13 +1,28 @@
 """The shared helpers of issue 9, item 2, each used in place of the copies that were
-removed: one text clipper (envelope repr, dead-letter reasons, bad values in errors)."""
+removed: one text clipper (envelope repr, dead-letter reasons, bad values in errors) and
+one retry helper (also for the SLA state's compare-and-set loop)."""
 
 from __future__ import annotations
+
+import random
+
+import pytest
+import redis
+from redis.asyncio import Redis
 
 from omniroute.adapters import text as adapter_text
 from omniroute.router import _records, models
 from omniroute.router import text as router_text
+from omniroute.router.keys import Keys
+from omniroute.router.retry import Backoff, retrying
+from omniroute.router.settings import Settings
 from omniroute.router.worker import MAX_REASON_CHARS, _reason
+from omniroute.sla.exceptions import StateConflict
+from omniroute.sla.state import ConvState, SlaEngine
+from omniroute.sla.timers import CAS_ATTEMPTS, TimerStore
 from tests.helpers import envelope
+from tests.test_sla_support import decision
+from tests.test_sla_timers import CONFIG
 
 
 def test_one_clip_serves_the_router_and_the_channel_parsers() -> None:
@@ -37,3 +52,65 @@ def test_bad_values_in_record_errors_are_clipped_to_the_shown_width() -> None:
 def test_envelope_repr_clips_the_text_to_forty_characters() -> None:
     assert repr(envelope(1, "长" * 100)).endswith(f"text={'长' * 39 + '…'!r})")
     assert repr(envelope(2, "长" * 40)).endswith(f"text={'长' * 40!r})")
+
+
+# --- retry ----------------------------------------------------------------------------
+def test_jittered_backoff_draws_below_the_doubling_bound() -> None:
+    random.seed(7)
+    b = Backoff(0.002, 0.064, jitter=True)
+    waits = [b.next() for _ in range(8)]
+    bounds = [0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.064, 0.064]
+    assert all(0 <= w <= hi for w, hi in zip(waits, bounds, strict=True))
+    assert waits != bounds  # drawn, not the bound itself
+    assert [Backoff(0.002, 0.064).next() for _ in range(2)] == [0.002, 0.002]  # no jitter
+
+
+async def test_retrying_gives_up_after_its_attempts_with_the_last_failure() -> None:
+    calls: list[int] = []
+
+    async def conflicting() -> None:
+        calls.append(len(calls))
+        raise StateConflict(f"conflict {len(calls)}")
+
+    with pytest.raises(StateConflict, match="conflict 3"):
+        await retrying(conflicting, (StateConflict,), "cas", backoff=Backoff(0.001, 0.001),
+                       attempts=3)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="attempts >= 1"):
+        await retrying(conflicting, (StateConflict,), "cas", attempts=0)
+
+
+@pytest.mark.integration
+async def test_the_sla_state_update_retries_conflicts_then_gives_up(
+    aredis: Redis, settings: Settings, sync_redis: redis.Redis
+) -> None:
+    store = TimerStore(aredis, Keys(settings.redis_prefix), SlaEngine(CONFIG))
+    await store.on_decision(decision(0, conv="c-x"))
+    reads: list[int] = []
+
+    def always_raced(state: ConvState | None) -> ConvState | None:
+        """Another writer commits between every read and its compare-and-set."""
+        assert state is not None
+        reads.append(state.ver)
+        other = ConvState.from_json(state.to_json())
+        other.ver += 1
+        sync_redis.hset(store.keys.sla_states(), "c-x", other.to_json())
+        return state
+
+    with pytest.raises(StateConflict, match=f"changed {CAS_ATTEMPTS} times"):
+        await store.apply("c-x", always_raced)
+    assert reads == list(range(1, CAS_ATTEMPTS + 1))  # reloaded before each attempt
+
+    raced = False
+
+    def raced_once(state: ConvState | None) -> ConvState | None:
+        nonlocal raced
+        if not raced:
+            raced = True
+            always_raced(state)
+        return state
+
+    stored = await store.apply("c-x", raced_once)
+    assert stored is not None
+    assert stored.ver == CAS_ATTEMPTS + 3  # 16 + 1 racing writes, then ours
+    assert reads[CAS_ATTEMPTS:] == [CAS_ATTEMPTS + 1]
