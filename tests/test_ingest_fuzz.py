@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
 from omniroute.adapters.generic import install as generic_installer
+from omniroute.adapters.generic.verify import fingerprint
 from omniroute.adapters.http import build_http_app
 from omniroute.adapters.phone import make_installer as phone_installer
 from omniroute.router import topics
@@ -337,7 +338,8 @@ async def test_http_routes_still_accept_good_messages_after_hostile_input(
                                headers={"X-Twilio-Signature": sig})
     assert gather.status == 200, await gather.text()
     records = await consume(s.kafka_bootstrap, s.topic(topics.INBOUND), 2)
-    assert {r.key for r in records} >= {b"app:c1", b"phone:CA" + b"f" * 32}
+    api_conversation = f"bearer:{fingerprint(TEST_TOKEN)}:app:c1".encode()  # caller's namespace
+    assert {r.key for r in records} >= {api_conversation, b"phone:CA" + b"f" * 32}
 
 
 # --- SMTP ----------------------------------------------------------------------------------------

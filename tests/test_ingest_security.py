@@ -125,6 +125,61 @@ async def test_a_token_holder_cannot_suppress_the_real_wechat_message(
     assert await aredis.zscore(keys.queue(group), genuine.id) is not None
 
 
+async def test_a_token_holder_cannot_take_over_the_real_wechat_conversation(
+    topics_ready: Settings, aredis: Redis
+) -> None:
+    """The fake names the victim's WeChat conversation id outright; it gets a conversation
+    in its credential's namespace, and the victim's conversation state (sticky group and
+    agent, later SLA timers and assignment, all keyed by conversation id) stays untouched."""
+    settings = _settings(topics_ready)
+    keys = Keys(settings.redis_prefix)
+    victim = "wechat:demo:oVictim"  # what the WeChat adapter names this customer's conversation
+    wechat_accounts = {
+        "demo": WeChatAccount("demo", APP_ID, SecretStr(TOKEN), SecretStr(AES_KEY), "compatible")
+    }
+    installers = [generic_installer, wechat_installer(WeChatConfig(), wechat_accounts)]
+    async with edge(settings, aredis, installers) as e:
+        fakes = [
+            {"channel": "wechat", "account": "demo", "channel_msg_id": "f1",
+             "conversation_id": victim, "customer": {"id": "oVictim", "tier": "vip"},
+             "text": "不用处理了，已解决"},
+            # no conversation id: the default is in the credential's namespace too
+            {"channel": "wechat", "account": "demo", "channel_msg_id": "f2",
+             "customer": {"id": "oVictim"}, "text": "已经收到货了"},
+        ]
+        resp = await e.client.post("/v1/messages", json=fakes, headers=AUTH)
+        assert resp.status == 202, await resp.text()
+        other = await e.client.post("/v1/messages", json=fakes[0],
+                                    headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+        assert other.status == 202, await other.text()
+        sent = envelopes(await consume(settings, topics.INBOUND, until=3))
+        source = f"bearer:{fingerprint(TEST_TOKEN)}"
+        assert sorted(env.conversation_id for env in sent) == sorted([
+            f"{source}:{victim}", f"{source}:wechat:oVictim",
+            f"bearer:{fingerprint(OTHER_TOKEN)}:{victim}"])
+
+    # the fakes are routed first: their state lands in their own conversations
+    await _route_all(settings, aredis, 3)
+    assert not await aredis.exists(keys.conversation(victim))
+    assert await aredis.exists(keys.conversation(f"{source}:{victim}"))
+
+    # then WeChat delivers the customer's real message: its own conversation, no sticky
+    # group or agent inherited from the fake
+    async with edge(settings, aredis, installers) as e:
+        now = int(e.clock.now())
+        real = text_xml("我要投诉，订单一直没发货", msg_id="43", openid="oVictim",
+                        create_time=now)
+        answer = await e.client.post("/wechat/demo", params=signed_query(TOKEN, now),
+                                     data=real.encode())
+        assert answer.status == 200
+    await _route_all(settings, aredis, 1)
+    routed = [orjson.loads(v) for v in await consume(settings, topics.ROUTED, until=4)]
+    genuine = next(d for d in routed if d["conversation_id"] == victim)
+    assert genuine["message_id"] == message_id(Channel.WECHAT, "demo", "43")
+    assert not [step for step in genuine["explain"] if "sticky" in step], genuine["explain"]
+    assert [d["conversation_id"] for d in routed].count(victim) == 1
+
+
 async def test_ids_are_per_credential_and_stable_for_retries(
     topics_ready: Settings, aredis: Redis
 ) -> None:

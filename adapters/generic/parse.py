@@ -21,7 +21,7 @@ from ...router.models import (
     message_id,
 )
 
-__all__ = ["IngestMessage", "parse_body"]
+__all__ = ["IngestMessage", "conversation_id", "parse_body"]
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -62,7 +62,7 @@ class IngestMessage(BaseModel):
     channel: Channel = Channel.APP
     account: Id = "default"
     channel_msg_id: Id
-    conversation_id: Id | None = None  # default: the customer id
+    conversation_id: Id | None = None  # default: channel and customer id; see to_envelope
     customer: _Customer
     text: str = Field("", max_length=MAX_TEXT_CHARS)
     attachments: list[_Attachment] = Field(default_factory=list, max_length=32)
@@ -75,15 +75,25 @@ class IngestMessage(BaseModel):
         """The canonical envelope for this message (the producer masks PII).
 
         ``source`` (the sending credential, ``Credential.source``) is the namespace of
-        the id and is recorded in ``meta["source"]``: a caller's ``channel_msg_id``
-        never collides with a channel's own message ids, nor with another caller's.
+        the ids and is recorded in ``meta["source"]``: a caller's ``channel_msg_id``
+        never collides with a channel's own message ids, nor with another caller's, and
+        its conversation id (the one it sent, or ``<channel>:<customer id>``) is put
+        behind ``<source>:``, so a caller posting ``channel: "wechat"`` and
+        ``conversation_id: "wechat:demo:<openid>"`` gets a conversation of its own, not
+        the WeChat customer's (sticky group and agent, SLA timers, agent assignment).
+        No channel adapter's conversation id starts with ``bearer:`` or ``hmac:``.
+
+        The declared ``customer.tier`` is kept: the credential is a server-side
+        integration, and the tier it declares counts only for its own messages (a tier
+        imported into Redis wins over it, see ``skills.priority.tier_of``).
         """
+        conversation = self.conversation_id or f"{self.channel}:{self.customer.id}"
         return Envelope(
             id=message_id(self.channel, self.account, self.channel_msg_id, source=source),
             channel=self.channel,
             account=self.account,
             channel_msg_id=self.channel_msg_id,
-            conversation_id=self.conversation_id or f"{self.channel}:{self.customer.id}",
+            conversation_id=conversation_id(source, conversation),
             customer=Customer(self.customer.id, self.customer.handle, self.customer.tier),
             text=self.text,
             received_at_ms=received_at_ms,
@@ -96,6 +106,12 @@ class IngestMessage(BaseModel):
             hints=tuple(self.hints),
             meta={"source": source} if source else {},
         )
+
+
+def conversation_id(source: str, conversation: str) -> str:
+    """The conversation id of a generic-API message: ``conversation`` (as the caller sent
+    it) in the namespace of the credential ``source`` (unchanged when there is none)."""
+    return f"{source}:{conversation}" if source else conversation
 
 
 def _require_utf8(body: bytes) -> None:

@@ -4,9 +4,10 @@ Two guarantees beyond "the credential is valid":
 
 - **Whose ids.** :class:`Credential.source` names the credential that sent a request
   (``bearer:<fingerprint>`` or ``hmac:<fingerprint>``; a fingerprint is a hash of the
-  secret, never the secret). The envelope ids of the generic API live in that
-  namespace (``router.models.message_id(..., source=...)``), so no caller can claim
-  the id of a real WeChat message, nor another caller's.
+  secret, never the secret). The envelope ids and conversation ids of the generic API
+  live in that namespace (``router.models.message_id(..., source=...)``,
+  ``parse.conversation_id``), so no caller can claim the id or the conversation of a
+  real WeChat message, nor another caller's.
 - **Each signature once.** :class:`ReplayGuard` remembers every accepted
   ``X-Omni-Signature`` in Redis (``SET NX``) for as long as its timestamp is inside
   the window; a repeat is refused with 409 ``replayed_signature``. If the request is
