@@ -107,14 +107,16 @@ def _problems(body: dict[str, Any]) -> str:
 
 async def _outages(get: Callable[[], Any], redis: PrivateRedis, broker: PrivateBroker,
                    *, restart_broker: bool) -> None:
-    """Ready; Redis killed -> 503 naming redis -> back; broker paused -> 503 naming kafka ->
-    back; optionally the broker stopped and started again on the same port."""
+    """Ready; Redis killed -> 503 naming redis -> back; Redis shut down cleanly -> the same;
+    broker paused -> 503 naming kafka -> back; optionally the broker stopped and started
+    again on the same port."""
     await _until_status(get, 200)
-    redis.kill()
-    body = await _until_status(get, 503)
-    assert "redis" in _problems(body)
-    redis.start()
-    await _until_status(get, 200)
+    for take_away in (redis.kill, redis.stop):  # a crash (SIGKILL), then a clean SIGTERM
+        take_away()
+        body = await _until_status(get, 503)
+        assert "redis" in _problems(body)
+        redis.start()
+        await _until_status(get, 200)
 
     broker.pause()
     try:
@@ -224,5 +226,13 @@ async def test_router_worker_readiness_sees_redis_and_the_broker(
             return await asyncio.to_thread(_http_get, url)
 
         await _outages(get, redis, broker, restart_broker=False)
+        # the broker gone for good (stopped, not paused): the worker must say so too
+        broker.stop()
+        body = await _until_status(get, 503)
+        assert "kafka" in _problems(body)
+        # With no broker, faust's consumer thread waits out its own stop timeout (about
+        # 60 s) on SIGTERM; a clean stop is not what this test is about.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
     finally:
         stop_worker(proc)
