@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import orjson
 
+from .router.exceptions import OmniError
 from .router.models import Channel, Customer, Entry, EntryKind, Envelope, Order, message_id
 from .router.pipeline import Pipeline, RedisFacts
 
@@ -41,7 +42,7 @@ class InputRow:
     fields: dict[str, Any]
 
 
-class InputError(ValueError):
+class InputError(OmniError, ValueError):
     """A row that cannot be read; the message names the line."""
 
 

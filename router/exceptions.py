@@ -12,6 +12,8 @@ __all__ = [
     "InfrastructureError",
     "InvalidEnvelope",
     "InvalidRecord",
+    "NoRuleMatched",
+    "NotStarted",
     "OmniError",
     "PayloadTooLarge",
     "RequestRejected",
@@ -36,6 +38,15 @@ class BrokerUnavailable(OmniError, ConnectionError):
 
 class InfrastructureError(OmniError, RuntimeError):
     """An embedded broker or Redis server could not be started."""
+
+
+class NotStarted(OmniError, RuntimeError):
+    """A component was used before its ``start()`` (a programming error)."""
+
+
+class NoRuleMatched(OmniError, LookupError):
+    """No routing rule matched a message: the configuration has no catch-all rule
+    (``load_config`` refuses such a file; a hand-built configuration can lack it)."""
 
 
 class RequestRejected(OmniError):

@@ -13,6 +13,7 @@ from ..skills.config import RoutingConfig
 from ..skills.priority import PriorityModel
 from ..skills.rules import RuleSet
 from ..skills.tagger import Tagger, TagResult
+from .exceptions import NoRuleMatched
 from .models import Decision, Envelope
 
 __all__ = ["NO_REDIS_FACTS", "Pipeline", "RedisFacts"]
@@ -98,7 +99,7 @@ class Pipeline:
         )
         rule = self.rules.match(rule_facts)
         if rule is None:  # load_config guarantees a catch-all; kept for hand-built configs
-            raise LookupError("no rule matched and the configuration has no catch-all rule")
+            raise NoRuleMatched("no rule matched and the configuration has no catch-all rule")
         explain = [f"rule {rule.id} -> {rule.target}"]
         target = rule.target
         agent: str | None = None

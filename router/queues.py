@@ -42,6 +42,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from .exceptions import OmniError
 from .keys import Keys, bucket_of
 from .models import Band, Decision, Envelope
 from .pipeline import RedisFacts
@@ -185,7 +186,7 @@ _HMGET_LUA: Final = "return redis.call('HMGET', KEYS[1], unpack(ARGV))"  # tiers
 _ZREM_LUA: Final = "return redis.call('ZREM', KEYS[1], unpack(ARGV))"  # enqueue marks (cluster)
 
 
-class ReplicationLag(RedisError):
+class ReplicationLag(OmniError, RedisError):
     """Fewer replicas than ``wait_replicas`` acknowledged a batch step's writes in time (or
     the slot moved meanwhile); the step is retried, its effects being idempotent."""
 

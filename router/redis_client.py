@@ -26,6 +26,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 
+from .exceptions import ConfigError
+
 __all__ = [
     "CLUSTER_SCHEMES",
     "ClusterClient",
@@ -56,7 +58,7 @@ class ClusterClient(RedisCluster):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if wait_replicas < 0 or wait_timeout_ms < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"wait_replicas and wait_timeout_ms must be >= 0 (got {wait_replicas}, "
                 f"{wait_timeout_ms})"
             )
@@ -89,7 +91,7 @@ def _cluster_parts(url: str) -> tuple[str, list[ClusterNode], int, int]:
     userinfo, _, hosts = parts.netloc.rpartition("@")
     seeds = [h for h in hosts.split(",") if h]
     if not seeds:
-        raise ValueError(f"REDIS_URL {scheme}+cluster:// names no host")
+        raise ConfigError(f"REDIS_URL {scheme}+cluster:// names no host")
     first = f"{userinfo}@{seeds[0]}" if userinfo else seeds[0]
     single = urlunsplit((scheme, first, parts.path, urlencode(query), ""))
     nodes = []

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError, SlotNotCoveredError
 from ..skills.tagger import TagResult
 from . import kafka, topics
 from .dead_letter import dead_letter_record
-from .exceptions import BrokerUnavailable, InvalidEnvelope
+from .exceptions import BrokerUnavailable, InvalidEnvelope, NotStarted
 from .lifecycle import Lifecycle
 from .metrics import RouterMetrics
 from .models import Decision, Envelope
@@ -134,7 +134,7 @@ class BatchRouter(Lifecycle):
     async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce keyed records (acks=all) with the worker's producer."""
         if self._producer is None:
-            raise RuntimeError("BatchRouter.publish() needs start() first")
+            raise NotStarted("BatchRouter.publish() needs start() first")
         await kafka.send_acked(self._producer, topic, records, self.settings.produce_timeout_s)
 
     @property
@@ -288,7 +288,7 @@ class BatchRouter(Lifecycle):
         """Steps 4-5: the atomic Redis script, then produce decisions and dead letters."""
         producer = self._producer
         if producer is None:
-            raise RuntimeError("BatchRouter.finish() needs start() first")
+            raise NotStarted("BatchRouter.finish() needs start() first")
         decisions = prepared.decisions
         stored = await self.store.enqueue(decisions, prepared.encoded)
         duplicates = 0

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from ..router import topics
 from ..router.events import AgentEvent
-from ..router.exceptions import BrokerUnavailable, InvalidRecord, RequestRejected
+from ..router.exceptions import BrokerUnavailable, InvalidRecord, OmniError, RequestRejected
 from ..router.http import HttpContext, Installer, read_limited
 from ..router.models import Decision
 from ..router.settings import AgentApiSettings
@@ -49,7 +49,9 @@ ACTIONS: Final[dict[str, ConvAction]] = {
 }
 
 
-class _HttpError(Exception):
+class _HttpError(OmniError):
+    """A refused agent API request: its HTTP status, error code and message."""
+
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message

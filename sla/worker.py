@@ -41,7 +41,7 @@ from ..router.events import (
     SlaAlert,
     SurgeSignal,
 )
-from ..router.exceptions import BrokerUnavailable
+from ..router.exceptions import BrokerUnavailable, NotStarted
 from ..router.keys import Keys
 from ..router.lifecycle import Lifecycle
 from ..router.models import Decision
@@ -184,7 +184,7 @@ class SlaWorker(Lifecycle):
     async def run(self) -> None:
         """Wait until ``request_stop``/``stop``; re-raise if a loop crashed."""
         if not self._tasks:
-            raise RuntimeError("SlaWorker is not started: call start() first")
+            raise NotStarted("SlaWorker is not started: call start() first")
         stop = asyncio.create_task(self._stopping.wait())
         try:
             done, _ = await asyncio.wait([stop, *self._tasks],
@@ -573,12 +573,12 @@ class SlaWorker(Lifecycle):
 
     def _store(self) -> TimerStore:
         if self.store is None:
-            raise RuntimeError("SlaWorker is not started: call start() first")
+            raise NotStarted("SlaWorker is not started: call start() first")
         return self.store
 
     def _redis_client(self) -> Redis:
         if self._redis is None:
-            raise RuntimeError("SlaWorker is not started: call start() first")
+            raise NotStarted("SlaWorker is not started: call start() first")
         return self._redis
 
     async def _send(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:

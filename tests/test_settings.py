@@ -1,9 +1,13 @@
 """One settings tree: read from the environment once (``Settings()``), every variable
-declared once, passed down; no module of the packages reads the environment itself."""
+declared once, passed down; no module of the packages reads the environment itself.
+One error root: every exception class of the project derives from ``OmniError``."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import pkgutil
 import re
 from pathlib import Path
 
@@ -12,7 +16,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, SecretStr
 from typer.testing import CliRunner
 
+import omniroute
 from omniroute.cli import app
+from omniroute.router.exceptions import OmniError
 from omniroute.router.settings import (
     AgentApiSettings,
     ConsoleSettings,
@@ -157,3 +163,19 @@ def test_no_module_reads_the_environment_itself() -> None:
         if re.search(r"\bos\.(environ|getenv)\b|\bBaseSettings\b", text):
             offenders.append(rel)
     assert offenders == []
+
+
+def test_every_error_the_project_defines_derives_from_the_one_root() -> None:
+    defined, strays = 0, []
+    for info in pkgutil.walk_packages(omniroute.__path__, "omniroute."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException)
+                    and obj.__module__ == module.__name__):
+                defined += 1
+                if not issubclass(obj, OmniError):
+                    strays.append(f"{module.__name__}.{name}")
+    assert strays == []
+    assert defined > 20  # the walk reached the packages behind the namespace links
