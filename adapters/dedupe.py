@@ -25,7 +25,6 @@ cluster client splits per node.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..router.exceptions import BrokerUnavailable
 from ..router.keys import Keys
 from ..router.models import Envelope
 from ..router.producer import EnvelopeSink
@@ -154,16 +152,7 @@ async def produce_once(
             for env, seen in zip(group, flags, strict=True):
                 (repeated if seen else fresh).append(env)
     if fresh:
-        try:
-            if timeout_s is None:
-                await sink.send_envelopes(fresh)
-            else:
-                await asyncio.wait_for(sink.send_envelopes(fresh), timeout_s)
-        except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"Kafka did not acknowledge {len(fresh)} envelope(s) within {timeout_s} s; "
-                "retry later"
-            ) from exc
+        await sink.send_envelopes(fresh, timeout_s=timeout_s)
         if deduper is not None:
             by_channel = {}
             for env in fresh:

@@ -33,11 +33,21 @@ __all__ = ["EnvelopeProducer", "EnvelopeSink"]
 class EnvelopeSink(Protocol):
     """What an adapter needs from the producer (tests may hand in their own)."""
 
-    async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
-        """Produce to omni.inbound and wait for the broker's acknowledgement."""
+    async def send_envelopes(
+        self, envelopes: Sequence[Envelope], *, timeout_s: float | None = None
+    ) -> None:
+        """Produce to omni.inbound and wait for the broker's acknowledgement.
 
-    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce (key, value) records to ``topic`` (full name) and wait for acks."""
+        ``timeout_s`` shortens the deadline of the call (the producer's own is
+        ``produce_timeout_s``); past it the call raises BrokerUnavailable.
+        """
+
+    async def send_records(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]], *,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Produce (key, value) records to ``topic`` (full name) and wait for acks,
+        within ``timeout_s`` as for ``send_envelopes``."""
 
 
 class EnvelopeProducer(Lifecycle):
@@ -107,11 +117,14 @@ class EnvelopeProducer(Lifecycle):
             out.append(masked)
         return out
 
-    async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
+    async def send_envelopes(
+        self, envelopes: Sequence[Envelope], *, timeout_s: float | None = None
+    ) -> None:
         """Mask PII, produce every envelope (key = conversation id) and await all acks."""
         await self.send_records(
             self.inbound_topic,
             [(e.conversation_id.encode(), e.to_json()) for e in self.mask(envelopes)],
+            timeout_s=timeout_s,
         )
 
     def _connect(self) -> asyncio.Future[None]:
@@ -122,10 +135,14 @@ class EnvelopeProducer(Lifecycle):
             task.add_done_callback(_retrieve)
         return task
 
-    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def send_records(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]], *,
+        timeout_s: float | None = None,
+    ) -> None:
         """Produce records and await every acknowledgement, or raise BrokerUnavailable.
 
-        One deadline, ``produce_timeout_s``, covers the whole call: waiting for the
+        One deadline, ``produce_timeout_s`` or the caller's shorter ``timeout_s`` (a
+        channel whose platform gives up sooner), covers the whole call: waiting for the
         connection (a connect in progress goes on in the background past it), then
         metadata, queueing and every acknowledgement. A timeout does not mean the
         records are not written: the producer may still deliver them, which is why
@@ -133,7 +150,8 @@ class EnvelopeProducer(Lifecycle):
         """
         if not records:
             return
-        timeout_s = self._settings.produce_timeout_s
+        limit_s = self._settings.produce_timeout_s
+        timeout_s = limit_s if timeout_s is None else min(timeout_s, limit_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if self._producer is None:

@@ -81,14 +81,16 @@ class CountingSink:
             self.waiting += 1
             await self.gate.wait()
 
-    async def send_envelopes(self, envs: Sequence[Envelope]) -> None:
+    async def send_envelopes(self, envs: Sequence[Envelope], *,
+                             timeout_s: float | None = None) -> None:
         self.envelope_calls.append(len(envs))
         await self._wait_gate()
-        await self.inner.send_envelopes(envs)
+        await self.inner.send_envelopes(envs, timeout_s=timeout_s)
 
-    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]], *,
+                           timeout_s: float | None = None) -> None:
         await self._wait_gate()
-        await self.inner.send_records(topic, records)
+        await self.inner.send_records(topic, records, timeout_s=timeout_s)
 
 
 @pytest.fixture

@@ -227,14 +227,16 @@ class _GatedSink:
         self.entered = asyncio.Event()
         self.acked = asyncio.Event()
 
-    async def send_envelopes(self, envelopes: Sequence[Envelope]) -> None:
+    async def send_envelopes(self, envelopes: Sequence[Envelope], *,
+                             timeout_s: float | None = None) -> None:
         self.entered.set()
         await self.gate.wait()
-        await self.producer.send_envelopes(envelopes)
+        await self.producer.send_envelopes(envelopes, timeout_s=timeout_s)
         self.acked.set()
 
-    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        await self.producer.send_records(topic, records)
+    async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]], *,
+                           timeout_s: float | None = None) -> None:
+        await self.producer.send_records(topic, records, timeout_s=timeout_s)
 
 
 async def test_back_pressure_refuses_past_the_in_flight_limit(topics_ready: Settings) -> None:

@@ -1,19 +1,26 @@
 """The shared helpers of issue 9, item 2, each used in place of the copies that were
 removed: one text clipper (envelope repr, dead-letter reasons, bad values in errors) and
-one retry helper (also for the SLA state's compare-and-set loop)."""
+one retry helper (also for the SLA state's compare-and-set loop), one acknowledged send
+whose deadline a channel may shorten."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 import redis
 from redis.asyncio import Redis
 
 from omniroute.adapters import text as adapter_text
+from omniroute.adapters.dedupe import Deduper, produce_once
 from omniroute.router import _records, models
 from omniroute.router import text as router_text
+from omniroute.router.exceptions import BrokerUnavailable
 from omniroute.router.keys import Keys
+from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.retry import Backoff, retrying
 from omniroute.router.settings import Settings
 from omniroute.router.worker import MAX_REASON_CHARS, _reason
@@ -114,3 +121,41 @@ async def test_the_sla_state_update_retries_conflicts_then_gives_up(
     assert stored is not None
     assert stored.ver == CAS_ATTEMPTS + 3  # 16 + 1 racing writes, then ours
     assert reads[CAS_ATTEMPTS:] == [CAS_ATTEMPTS + 1]
+
+
+# --- the acknowledged send ---------------------------------------------------------------
+async def _seconds_to_fail(call: Coroutine[Any, Any, object]) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BrokerUnavailable):
+        await call
+    return loop.time() - started
+
+
+@pytest.mark.integration
+async def test_a_channel_deadline_shortens_the_acknowledged_send(
+    settings: Settings, aredis: Redis
+) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # accepts the connection and never answers: a hung broker
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}",
+                                       "produce_timeout_s": 5.0})
+    deduper = Deduper(aredis, Keys(settings.redis_prefix), ttl_s=60)
+    producer = EnvelopeProducer(hung)
+    try:
+        env = envelope(1, "怎么还没发货")
+        assert await _seconds_to_fail(produce_once(producer, deduper, [env], timeout_s=0.3)) < 1
+        assert not await deduper.seen(env.channel.value, env.id)
+        assert await _seconds_to_fail(
+            producer.send_records("omni.x", [(b"k", b"v")], timeout_s=0.3)) < 1
+    finally:
+        await producer.stop()
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()

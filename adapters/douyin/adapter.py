@@ -138,9 +138,8 @@ class LivePushHandler:
             signals.append(signal_record(push.msg_type, room, fresh, now_ms))
 
         try:
-            await asyncio.wait_for(self._produce(room, routed, chatter, signals),
-                                   cfg.produce_timeout_s)
-        except (BrokerUnavailable, TimeoutError) as exc:
+            await self._produce(room, routed, chatter, signals, cfg.produce_timeout_s)
+        except BrokerUnavailable as exc:
             m.rejected.labels(CHANNEL, label, "broker_unavailable").inc()
             log.warning("douyin/%s: Kafka did not acknowledge %d item(s): %r", room,
                         len(fresh), exc)
@@ -168,18 +167,21 @@ class LivePushHandler:
         })
 
     async def _produce(self, room: str, routed: list[Envelope], chatter: list[ChatterRecord],
-                       signals: list[SignalRecord]) -> None:
+                       signals: list[SignalRecord], timeout_s: float) -> None:
+        """The three sends at once, each within ``timeout_s`` (so the push is too)."""
         settings = self.ctx.settings
         sends = []
         if routed:
-            sends.append(self.ctx.sink.send_envelopes(routed))
+            sends.append(self.ctx.sink.send_envelopes(routed, timeout_s=timeout_s))
         if chatter:
             sends.append(self.ctx.sink.send_records(
-                settings.topic(topics.CHATTER), [(room.encode(), c.to_json()) for c in chatter]
+                settings.topic(topics.CHATTER), [(room.encode(), c.to_json()) for c in chatter],
+                timeout_s=timeout_s,
             ))
         if signals:
             sends.append(self.ctx.sink.send_records(
-                settings.topic(topics.SIGNALS), [(s.room.encode(), s.to_json()) for s in signals]
+                settings.topic(topics.SIGNALS), [(s.room.encode(), s.to_json()) for s in signals],
+                timeout_s=timeout_s,
             ))
         await asyncio.gather(*sends)
 
