@@ -1,4 +1,5 @@
-"""Test helpers: consume from a topic with a deadline, build envelopes."""
+"""Test helpers: consume from a topic with a deadline, build envelopes, check the JSON
+error form of a refusal."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from aiohttp import ClientResponse
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from omniroute.router.models import Channel, Customer, Envelope, Order, message_id
@@ -64,3 +66,15 @@ def envelope(
         received_at_ms=received_at_ms + n,
         order=Order(f"o{n}", amount) if amount is not None else None,
     )
+
+
+async def json_error(resp: ClientResponse, reasons: dict[str, int]) -> str:
+    """The refusal is JSON ``{"error", "message"}`` with a known reason and its status;
+    return the reason."""
+    assert resp.content_type == "application/json", (resp.status, await resp.text())
+    body = await resp.json()
+    assert set(body) == {"error", "message"}, body
+    assert reasons.get(body["error"]) == resp.status, (resp.status, body)
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    return str(body["error"])

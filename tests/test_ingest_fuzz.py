@@ -41,7 +41,7 @@ from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
 from tests.conftest import TEST_TOKEN
 from tests.fuzz_profile import fuzz_settings
-from tests.helpers import consume
+from tests.helpers import consume, json_error
 from tests.test_phone import CONFIG, PUBLIC, TCCC_AUTH, phone_settings
 from tests.test_phone import TOKEN as TWILIO_TOKEN
 from tests.test_smtp import MAILBOXES, Edge, build_edge
@@ -80,17 +80,6 @@ async def http(topics_ready: Settings, aredis: Redis) -> AsyncIterator[tuple[Cli
     app = build_http_app(ctx, [generic_installer, phone_installer(phone_settings(), CONFIG)])
     async with producer, TestClient(TestServer(app)) as client:
         yield client, s
-
-
-async def json_error(resp: Any, reasons: dict[str, int]) -> str:
-    """The refusal is JSON ``{"error", "message"}`` with a known reason and its status."""
-    assert resp.content_type == "application/json", (resp.status, await resp.text())
-    body = await resp.json()
-    assert set(body) == {"error", "message"}, body
-    assert reasons.get(body["error"]) == resp.status, (resp.status, body)
-    assert isinstance(body["message"], str)
-    assert body["message"]
-    return str(body["error"])
 
 
 # --- /v1/messages ---------------------------------------------------------------------------
@@ -142,9 +131,15 @@ api_bodies = st.one_of(
 )
 
 
+#: What an input must get: ``ACCEPT``, or an exact refusal (status, reason, a fragment of
+#: its message); ``None`` for any answer the route may give.
+Expect = tuple[int, str, str] | None
+ACCEPT: Expect = (202, "", "")
+
+
 @st.composite
-def api_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bool]:
-    """(body, headers, must_be_accepted)."""
+def api_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], Expect]:
+    """(body, headers, expected answer)."""
     good = draw(st.integers(0, 4)) == 0
     body = _dumps(draw(valid_message)) if good else draw(api_bodies)
     auth = draw(st.sampled_from(["bearer", "bearer", "hmac", "hmac_bad", "none", "junk"]))
@@ -162,7 +157,7 @@ def api_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bool]:
         headers.update({"Authorization": draw(printable),
                         "X-Omni-Timestamp": draw(printable), "X-Omni-Signature": draw(printable)})
     json_or_none = headers["Content-Type"] in ("application/json", "")  # text/plain: 415
-    return body, headers, good and auth in ("bearer", "hmac") and json_or_none
+    return body, headers, ACCEPT if good and auth in ("bearer", "hmac") and json_or_none else None
 
 
 def hmac_sha256(key: bytes, data: bytes) -> str:
@@ -172,10 +167,10 @@ def hmac_sha256(key: bytes, data: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
-def _issue11(body: str | bytes, content_type: str = "application/json",
-             accepted: bool = False) -> tuple[bytes, dict[str, str], bool]:
+def _issue11(body: str | bytes, expect: Expect, content_type: str = "application/json"
+             ) -> tuple[bytes, dict[str, str], Expect]:
     raw = body.encode() if isinstance(body, str) else body
-    return raw, {"Content-Type": content_type, **AUTH}, accepted
+    return raw, {"Content-Type": content_type, **AUTH}, expect
 
 
 _RUN = uuid.uuid4().hex[:12]  # explicit examples meet the same Redis again on a rerun
@@ -185,34 +180,47 @@ _MSG = '"customer": {"id": "c-fuzz"}, "text": "退款没到账"'
 @FUZZ
 @given(request=api_requests())
 # issue 11, item 1: a JSON type where a list is expected
-@example(request=_issue11(f'{{"channel_msg_id": "a-{_RUN}", {_MSG}, "attachments": true}}'))
-@example(request=_issue11(f'{{"channel_msg_id": "b-{_RUN}", {_MSG}, "attachments": 1.5}}'))
+@example(request=_issue11(f'{{"channel_msg_id": "a-{_RUN}", {_MSG}, "attachments": true}}',
+                          (400, "invalid", "attachments: Input should be a valid list")))
+@example(request=_issue11(f'{{"channel_msg_id": "b-{_RUN}", {_MSG}, "attachments": 1.5}}',
+                          (400, "invalid", "attachments: Input should be a valid list")))
 # issue 11, item 11: NaN amounts, GBK bytes, a content type that is not JSON
 @example(request=_issue11(f'{{"channel_msg_id": "n-{_RUN}", {_MSG}, '
-                          '"order": {"id": "o1", "amount": NaN}}'))
+                          '"order": {"id": "o1", "amount": NaN}}',
+                          (400, "bad_json", "body is not valid JSON")))
 @example(request=_issue11(f'{{"channel_msg_id": "s-{_RUN}", {_MSG}, '
-                          '"order": {"id": "o1", "amount": "NaN"}}'))
-@example(request=_issue11(f'{{"channel_msg_id": "g-{_RUN}", {_MSG}}}'.encode("gbk")))
-@example(request=_issue11(f'{{"channel_msg_id": "t-{_RUN}", {_MSG}}}', "text/plain"))
+                          '"order": {"id": "o1", "amount": "NaN"}}',
+                          (400, "invalid", "order.amount: Input should be a finite number")))
+@example(request=_issue11(f'{{"channel_msg_id": "g-{_RUN}", {_MSG}}}'.encode("gbk"),
+                          (400, "not_utf8", "GBK and GB18030 are not accepted")))
+@example(request=_issue11(f'{{"channel_msg_id": "t-{_RUN}", {_MSG}}}',
+                          (415, "unsupported_media_type", "'text/plain' is not JSON"),
+                          "text/plain"))
 # issue 11, item 5: another channel's namespace claimed through the generic API
 @example(request=_issue11(f'{{"channel": "wechat", "account": "demo", '
-                          f'"channel_msg_id": "w-{_RUN}", {_MSG}}}', accepted=True))
+                          f'"channel_msg_id": "w-{_RUN}", {_MSG}}}', ACCEPT))
 # issue 11, item 4: ID-shaped numbers (wrong check digit, 15 digits) and a landline
 @example(request=_issue11(f'{{"channel_msg_id": "p-{_RUN}", "customer": {{"id": "c"}}, '
                           '"text": "身份证110105199001011234 旧证110105900101123 '
-                          '电话010-62345678"}', accepted=True))
+                          '电话010-62345678"}', ACCEPT))
 async def test_v1_messages_fuzz(http: tuple[Client, Settings],
-                                request: tuple[bytes, dict[str, str], bool]) -> None:
+                                request: tuple[bytes, dict[str, str], Expect]) -> None:
     client, _ = http
-    body, headers, must_accept = request
+    body, headers, expect = request
     resp = await client.post("/v1/messages", data=body, headers=headers)
+    if expect is not None and expect != ACCEPT:  # a pinned refusal: exactly this one
+        status, reason, fragment = expect
+        assert resp.status == status, (resp.status, await resp.text(), body)
+        assert await json_error(resp, API_REASONS) == reason
+        assert fragment in (await resp.json())["message"], await resp.text()
+        return
     if resp.status == 202:
         answer = await resp.json()
         assert answer["accepted"] == len(answer["ids"]) >= 1
         return
     # the same signed bytes drawn twice within a second: accepted the first time only
     replayed = resp.status == 409 and "X-Omni-Signature" in headers
-    assert not must_accept or replayed, (resp.status, await resp.text(), body)
+    assert expect is None or replayed, (resp.status, await resp.text(), body)
     await json_error(resp, API_REASONS)
 
 
