@@ -522,6 +522,13 @@ class SurgeForecaster:
             "model": f.cause, "drivers": list(f.drivers),
         }
 
+    def _advice(self, extra: int, load: GroupLoad, now_ms: int) -> dict[str, float]:
+        """What a warning advised: the extra agents and the staffing they make up
+        (``target``: the agents logged in then + the extra; with none logged in, the
+        extra is the agents needed)."""
+        return {"advised": float(extra), "target": float(load.agents + extra),
+                "at_ms": float(now_ms), "calm_ms": 0}
+
     def _warn(self, g: str, f: GroupForecast, load: GroupLoad, now_ms: int, end_ms: int,
               st: ForecastState) -> list[dict[str, Any]]:
         fc = self.fc
@@ -537,10 +544,15 @@ class SurgeForecaster:
             return []
         if w is not None:
             w["calm_ms"] = 0
-            grown = f.extra_agents >= w["advised"] + max(1.0, w["advised"] * fc.re_advise_ratio)
+            # judged on the staffing the advice asked for (agents then + extra): once the
+            # advised agents log in, today's extra is over a larger staff and would never
+            # look grown, however short the desk still is
+            target = w.get("target", load.agents + w["advised"])
+            grown = load.agents + f.extra_agents >= target + max(
+                1.0, w["advised"] * fc.re_advise_ratio)
             if not grown or now_ms - w["at_ms"] < fc.re_advise_s * 1000:
                 return []
-        st.warned[g] = {"advised": float(f.extra_agents), "at_ms": float(now_ms), "calm_ms": 0}
+        st.warned[g] = self._advice(f.extra_agents, load, now_ms)
         scope = f"group:{g}"
         sig = self._base("surge.warning", scope, f.rate_per_s,
                          st.baselines.get(f"a:group:{g}"), end_ms, now_ms, fc.trend_s)
@@ -602,7 +614,7 @@ class SurgeForecaster:
                                "expected_rate_per_min": round(rate * 60, 3),
                                "slots": load.slots,
                            })
-                st.warned[g] = {"advised": float(extra), "at_ms": float(now_ms), "calm_ms": 0}
+                st.warned[g] = self._advice(extra, load, now_ms)
                 out.append(sig)
         return out
 

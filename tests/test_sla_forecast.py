@@ -172,6 +172,36 @@ def test_advice_carries_the_reserve() -> None:
     assert w["staffed_slots"] == 12
 
 
+def test_advice_is_renewed_when_the_staff_it_asked_for_no_longer_holds() -> None:
+    # a 10x step is advised; the advised agents log in; the load doubles again. Today's
+    # extra agents (over the staff now logged in) are no more than the first advice's,
+    # but the staffing the forecast needs is far over what was advised: a new warning
+    fc = SurgeForecaster(config())
+    feed = Feed(fc)
+    load = GroupLoad(agents=4, slots=12)
+    feed.run([0.1] * 30, load)
+    feed.run([1.0] * 4, load)
+    first = [s for _, s in feed.signals if s["type"] == "surge.warning"]
+    assert len(first) == 1
+    advised = 4 + int(first[0]["extra_agents"])  # type: ignore[call-overload]
+    staffed = GroupLoad(agents=advised, slots=3 * advised)
+    feed.run([1.0] * 12, staffed)  # the advice holds: no new warning
+    assert len([s for _, s in feed.signals if s["type"] == "surge.warning"]) == 1
+    feed.run([2.0] * 12, staffed)
+    second = [s for _, s in feed.signals if s["type"] == "surge.warning"][1:]
+    assert second, "no new advice although the advised staff no longer holds the load"
+    w = second[0]
+    assert w["staffed_agents"] == advised
+    extra = int(w["extra_agents"])  # type: ignore[call-overload]
+    assert extra <= int(first[0]["extra_agents"]) * 1.2  # type: ignore[call-overload]
+    assert advised + extra > advised * 1.2
+    # and it is not repeated while that advice holds
+    again = GroupLoad(agents=advised + extra, slots=3 * (advised + extra))
+    before = len(feed.signals)
+    feed.run([2.0] * 24, again)
+    assert [s for _, s in feed.signals[before:] if s["type"] == "surge.warning"] == []
+
+
 def test_scheduled_peak_is_advised_ahead_of_its_start() -> None:
     start_ms = T0_MS + 3005_000  # advised at T0 + 1205 s, the 241st bucket
     fc = SurgeForecaster(config(scheduled_peaks=[{
