@@ -6,6 +6,7 @@ and the acknowledged send.
   throughput profile.
 - :func:`consumer`: one consumer group, offsets committed by hand after a batch's
   effects, from the earliest offset, group membership per :func:`group_membership`.
+- :func:`stop_clients`: the teardown of a worker's consumer and producer.
 - :func:`send_acked`: produce keyed records and await every acknowledgement, or
   raise :class:`~router.exceptions.BrokerUnavailable`. Records go out as one batch
   per partition instead of one ``send`` per record (``send`` costs several
@@ -35,6 +36,7 @@ __all__ = [
     "group_membership",
     "producer",
     "send_acked",
+    "stop_clients",
 ]
 
 MAX_FETCH_BYTES = 64 * 1024 * 1024  # one fetch response
@@ -144,6 +146,23 @@ async def check_broker(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Se
         raise BrokerUnavailable(
             f"Kafka at {settings.kafka_bootstrap} does not answer ({exc!r})"
         ) from exc
+
+
+async def stop_clients(
+    consumer: AIOKafkaConsumer | None, producer: AIOKafkaProducer | None
+) -> None:
+    """Stop a worker's clients, either of which may be None (never started).
+
+    The consumer goes first: it stops fetching and leaves its group, so its
+    partitions move on; then the producer flushes what is still buffered. The
+    producer is stopped even when stopping the consumer fails.
+    """
+    try:
+        if consumer is not None:
+            await consumer.stop()
+    finally:
+        if producer is not None:
+            await producer.stop()
 
 
 async def send_acked(

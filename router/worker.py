@@ -112,12 +112,9 @@ class BatchRouter(Lifecycle):
         await self._consumer.start()
 
     async def _stop(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        if consumer is not None:
-            await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        await kafka.stop_clients(consumer, producer)
 
     async def check_broker(self) -> None:
         """Readiness: the broker answers a metadata request now."""

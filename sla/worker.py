@@ -167,12 +167,9 @@ class SlaWorker(Lifecycle):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        if consumer is not None:
-            await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        await kafka.stop_clients(consumer, producer)
         if self._owns_redis and self._redis is not None:
             redis, self._redis = self._redis, None
             await redis.aclose()

@@ -1,7 +1,7 @@
 """The shared helpers of issue 9, item 2, each used in place of the copies that were
 removed: one text clipper (envelope repr, dead-letter reasons, bad values in errors) and
 one retry helper (also for the SLA state's compare-and-set loop), one acknowledged send
-whose deadline a channel may shorten."""
+whose deadline a channel may shorten, one teardown of a worker's Kafka clients."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from omniroute.adapters import text as adapter_text
 from omniroute.adapters.dedupe import Deduper, produce_once
-from omniroute.router import _records, models
+from omniroute.router import _records, kafka, models, topics
 from omniroute.router import text as router_text
 from omniroute.router.exceptions import BrokerUnavailable
 from omniroute.router.keys import Keys
@@ -159,3 +159,32 @@ async def test_a_channel_deadline_shortens_the_acknowledged_send(
             w.close()
         server.close()
         await server.wait_closed()
+
+
+# --- teardown -----------------------------------------------------------------------------
+class _StopFails(Exception):
+    pass
+
+
+@pytest.mark.integration
+async def test_stop_clients_stops_the_consumer_then_the_producer(topics_ready: Settings) -> None:
+    await kafka.stop_clients(None, None)  # never started: nothing to do
+    order: list[str] = []
+    producer = kafka.producer(topics_ready)
+    consumer = kafka.consumer(topics_ready, topics_ready.topic(topics.INBOUND), group_id=None)
+    await producer.start()
+    await consumer.start()
+    for name, client in (("consumer", consumer), ("producer", producer)):
+        stop = client.stop
+
+        async def record(name: str = name, stop: Any = stop) -> None:
+            order.append(name)
+            await stop()
+            if name == "consumer":
+                raise _StopFails
+        client.stop = record  # type: ignore[method-assign]
+    with pytest.raises(_StopFails):
+        await kafka.stop_clients(consumer, producer)
+    assert order == ["consumer", "producer"]  # the producer too, though the consumer failed
+    assert producer._closed
+    assert consumer._closed
