@@ -45,6 +45,7 @@ from .router.pipeline import Pipeline
 from .router.settings import default_config_dir
 from .skills.config import load_config
 from .skills.exceptions import ConfigError
+from .skills.yamlconfig import format_validation_error, load_model
 from .sla.config import SlaConfig, load_sla_config
 from .sla.forecast import (
     BucketRing,
@@ -175,16 +176,8 @@ def scenario_path(name_or_path: str | Path) -> Path:
 
 
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario; ConfigError names the file and the field."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return Scenario.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    """Read and validate a scenario; ConfigError names the file, line and field."""
+    return load_model(path, Scenario)[0]
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,9 +196,8 @@ def _sla_config(scenario: Scenario, config_dir: Path) -> SlaConfig:
     try:
         return SlaConfig.model_validate(_merge(raw, scenario.sla))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"scenario {scenario.name}: sla.{where}: {first['msg']}") from None
+        raise ConfigError(format_validation_error(
+            exc, prefix=f"scenario {scenario.name}: sla.", sep="; ")) from None
 
 
 @functools.lru_cache(maxsize=4)

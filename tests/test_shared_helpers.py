@@ -1,13 +1,15 @@
 """The shared helpers of issue 9, item 2, each used in place of the copies that were
 removed: one text clipper (envelope repr, dead-letter reasons, bad values in errors) and
 one retry helper (also for the SLA state's compare-and-set loop), one acknowledged send
-whose deadline a channel may shorten, one teardown of a worker's Kafka clients."""
+whose deadline a channel may shorten, one teardown of a worker's Kafka clients and one
+formatter of validation errors."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +18,11 @@ from redis.asyncio import Redis
 
 from omniroute.adapters import text as adapter_text
 from omniroute.adapters.dedupe import Deduper, produce_once
+from omniroute.adapters.douyin.parse import parse_items
+from omniroute.rehearse import SCENARIOS, _sla_config, load_scenario
 from omniroute.router import _records, kafka, models, topics
 from omniroute.router import text as router_text
-from omniroute.router.exceptions import BrokerUnavailable
+from omniroute.router.exceptions import BadRequest, BrokerUnavailable, ConfigError
 from omniroute.router.keys import Keys
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.retry import Backoff, retrying
@@ -188,3 +192,31 @@ async def test_stop_clients_stops_the_consumer_then_the_producer(topics_ready: S
     assert order == ["consumer", "producer"]  # the producer too, though the consumer failed
     assert producer._closed
     assert consumer._closed
+
+
+# --- validation errors ------------------------------------------------------------------
+def test_douyin_items_name_the_item_and_field_of_each_problem() -> None:
+    body = b'[{"msg_id": "m1", "sec_openid": "v1"}, {"sec_openid": []}]'
+    with pytest.raises(BadRequest) as caught:
+        parse_items(body, 10)
+    assert str(caught.value) == ("item 1.msg_id: Field required; "
+                                 "item 1.sec_openid: Input should be a valid string")
+
+
+def test_a_scenario_error_names_the_file_line_and_key(tmp_path: Path) -> None:
+    shipped = sorted(SCENARIOS.glob("*.yaml"))[0]
+    text = shipped.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("duration_s:", "duration_s: -1\nold_duration_s:", 1),
+                   encoding="utf-8")
+    line = text.splitlines().index(
+        next(x for x in text.splitlines() if x.startswith("duration_s:"))) + 1
+    with pytest.raises(ConfigError,
+                       match=rf"^{bad}:{line}: duration_s: Input should be greater than 0 "
+                             r"\(got -1\)"):
+        load_scenario(bad)
+    scenario = load_scenario(shipped)
+    broken = scenario.model_copy(update={"sla": {"policies": "none"}})
+    with pytest.raises(ConfigError,
+                       match=rf"^scenario {scenario.name}: sla\.policies: Input should be"):
+        _sla_config(broken, Path(__file__).parents[1] / "config")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from ...router import format_validation_error
 from ...router.events import SIGNAL_KINDS, SignalKind, SignalRecord
 from ...router.exceptions import BadRequest, PayloadTooLarge
 from ...router.models import (
@@ -85,9 +86,9 @@ def parse_items(body: bytes, max_items: int) -> list[LiveItem]:
         try:
             items.append(LiveItem.model_validate(raw))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise BadRequest(f"item {i}.{loc}: {err['msg']}", reason="invalid") from None
+            problems = format_validation_error(exc, prefix=f"item {i}.", show_input=False,
+                                               sep="; ", limit=5)
+            raise BadRequest(problems, reason="invalid") from None
     return items
 
 
