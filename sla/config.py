@@ -268,6 +268,29 @@ class SurgeConfig(_Frozen):
     heat_per_like: float = Field(default=0.05, ge=0)
     forecast: ForecastConfig = ForecastConfig()
     scheduled_peaks: tuple[ScheduledPeak, ...] = ()
+    # per skill group, the answer target the forecast and surge.start staff against: the
+    # first-response target of the group's SLA policy. Filled from ``policies`` when
+    # sla.yaml loads (see ``SlaConfig``); groups not listed take
+    # ``default_group_answer_target_s`` (the catch-all policy's), else ``answer_target_s``
+    group_answer_target_s: dict[str, float] = Field(default_factory=dict)
+    default_group_answer_target_s: float | None = Field(default=None, gt=0)
+
+    def group_aht_s(self, group: str) -> float:
+        """The configured handling time of a group (``forecast.groups``, else ``aht_s``)."""
+        g = self.forecast.groups.get(group)
+        return g.aht_s if g is not None and g.aht_s is not None else self.aht_s
+
+    def group_target_s(self, group: str) -> float:
+        """The answer target of a group: ``forecast.groups.<g>.answer_target_s``, else its
+        SLA policy's first-response target, else ``answer_target_s``."""
+        g = self.forecast.groups.get(group)
+        if g is not None and g.answer_target_s is not None:
+            return g.answer_target_s
+        if group in self.group_answer_target_s:
+            return self.group_answer_target_s[group]
+        if self.default_group_answer_target_s is not None:
+            return self.default_group_answer_target_s
+        return self.answer_target_s
 
     @model_validator(mode="after")
     def _hysteresis(self) -> SurgeConfig:
@@ -314,6 +337,44 @@ class SlaConfig(_Frozen):
                 f"the last policy ({self.policies[-1].id}) must be a catch-all with an empty "
                 "'match', so that every decision gets an SLA"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _group_targets(self) -> SlaConfig:
+        """The surge forecast staffs each group against its SLA policy's first-response
+        target: a group named by a policy that matches on groups alone takes that
+        policy's, any other the catch-all's. A target configured under
+        ``surge.forecast.groups`` (or ``surge.group_answer_target_s``) must be the
+        first-response target of a policy that can apply to the group."""
+        derived: dict[str, float] = {}
+        for policy in self.policies:
+            m = policy.match
+            if policy.first_response is None or m.channels or m.bands or m.tags:
+                continue
+            for g in m.groups:
+                derived.setdefault(g, policy.first_response.target_s)
+        surge = self.surge
+        explicit = {g: f.answer_target_s for g, f in surge.forecast.groups.items()
+                    if f.answer_target_s is not None}
+        explicit.update(surge.group_answer_target_s)
+        for g, target in sorted(explicit.items()):
+            allowed = sorted({p.first_response.target_s for p in self.policies
+                              if p.first_response is not None
+                              and (not p.match.groups or g in p.match.groups)})
+            if target not in allowed:
+                raise ValueError(
+                    f"surge: the answer target of group {g!r} ({target:g} s) is no "
+                    "first-response target of an SLA policy that applies to it "
+                    f"(have {', '.join(f'{t:g}' for t in allowed)} s); the forecast must "
+                    "staff against the SLA the group is held to"
+                )
+        catch_all = self.policies[-1].first_response
+        object.__setattr__(self, "surge", surge.model_copy(update={
+            "group_answer_target_s": {**derived, **surge.group_answer_target_s},
+            "default_group_answer_target_s": surge.default_group_answer_target_s
+            if surge.default_group_answer_target_s is not None or catch_all is None
+            else catch_all.target_s,
+        }))
         return self
 
     def policy_for(

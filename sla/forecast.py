@@ -209,16 +209,12 @@ class SurgeForecaster:
 
     def aht_of(self, group: str, state: ForecastState) -> float:
         """Learned handling time, else the group's configured one, else ``aht_s``."""
-        g = self.fc.groups.get(group)
-        configured = g.aht_s if g is not None and g.aht_s is not None else self.config.aht_s
-        return state.aht.get(group, configured)
+        return state.aht.get(group, self.config.group_aht_s(group))
 
     def target_of(self, group: str) -> float:
-        """The answer target the group is forecast against."""
-        g = self.fc.groups.get(group)
-        if g is not None and g.answer_target_s is not None:
-            return g.answer_target_s
-        return self.config.answer_target_s
+        """The answer target the group is forecast against (its SLA policy's first
+        response, see :meth:`~sla.config.SurgeConfig.group_target_s`)."""
+        return self.config.group_target_s(group)
 
     # --- the evaluation ---------------------------------------------------------------
     def evaluate(
@@ -722,8 +718,7 @@ class SurgeForecaster:
                     continue
                 st.aht_obs[g] = [float(busy), done, 0.0, 0.0, float(now_ms)]
             obs = st.aht_obs[g]
-            configured = self.fc.groups.get(g)
-            ref = configured.aht_s if configured and configured.aht_s else self.config.aht_s
+            ref = self.config.group_aht_s(g)
             if now_ms - obs[4] < 2 * ref * 1000:
                 continue  # Little's law holds in steady state, not while a desk fills up
             w = max(self.fc.aht_alpha, 1 / (obs[2] + 1))

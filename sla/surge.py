@@ -144,21 +144,26 @@ class SurgeDetector:
     def __init__(self, config: SurgeConfig) -> None:
         self.config = config
 
-    def staffing_needed(self, rate_per_min: float, staffed: Staffing | None) -> dict[str, Any]:
-        """Erlang C staffing at ``rate_per_min`` (with the reserve) vs ``staffed``."""
+    def staffing_needed(self, rate_per_min: float, staffed: Staffing | None,
+                        group: str | None = None) -> dict[str, Any]:
+        """Erlang C staffing at ``rate_per_min`` (with the reserve) vs ``staffed``; for a
+        skill group with its configured handling time and its SLA policy's answer
+        target, as the forecast staffs it (other scopes: ``aht_s``, ``answer_target_s``)."""
         c = self.config
         rate_s = rate_per_min / 60
-        needed = slots_for_service_level(rate_s, c.aht_s, c.answer_target_s, c.service_level)
+        aht = c.group_aht_s(group) if group is not None else c.aht_s
+        target = c.group_target_s(group) if group is not None else c.answer_target_s
+        needed = slots_for_service_level(rate_s, aht, target, c.service_level)
         required = math.ceil(needed * c.staffing_reserve)
         out: dict[str, Any] = {
             "model": "erlang-c",
-            "offered_load_erlangs": round(rate_s * c.aht_s, 3),
+            "offered_load_erlangs": round(rate_s * aht, 3),
             "needed_slots": needed,
             "required_slots": required,
             "staffing_reserve": c.staffing_reserve,
-            "aht_s": c.aht_s,
+            "aht_s": aht,
             "service_level": c.service_level,
-            "answer_target_s": c.answer_target_s,
+            "answer_target_s": target,
         }
         if staffed is not None:
             per_agent = staffed.slots / staffed.agents if staffed.agents else c.default_slots
@@ -208,7 +213,8 @@ class SurgeDetector:
                     st.active, st.below = True, 0
                     start: dict[str, Any] = {"type": "surge.start", **info}
                     if not scope.startswith("heat:"):  # heat is not a workload
-                        start.update(self.staffing_needed(rate, staffing.get(scope)))
+                        group = scope[6:] if scope.startswith("group:") else None
+                        start.update(self.staffing_needed(rate, staffing.get(scope), group))
                     signals.append(start)
                 if scope.startswith("tag:"):
                     signals += self._incident(st, info, count, total, ratio, all_ratio)

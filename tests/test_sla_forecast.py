@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -16,9 +17,11 @@ from omniroute.router import topics
 from omniroute.router.events import AgentEvent, SignalRecord
 from omniroute.router.keys import Keys
 from omniroute.router.models import Channel, Decision
-from omniroute.router.settings import Settings
+from omniroute.router.settings import Settings, default_config_dir
+from omniroute.skills.config import load_config
 from omniroute.sla.agents import AgentDesk
-from omniroute.sla.config import SlaConfig, SurgeConfig
+from omniroute.sla.config import SlaConfig, SurgeConfig, load_sla_config
+from omniroute.sla.exceptions import ConfigError
 from omniroute.sla.forecast import (
     ForecastState,
     GroupForecast,
@@ -223,6 +226,44 @@ def test_scheduled_peak_is_advised_ahead_of_its_start() -> None:
     assert w["evidence"]["expected_rate_per_min"] == pytest.approx(8 * 12, rel=0.01)  # type: ignore[index]
     assert int(w["extra_agents"]) > 0  # type: ignore[call-overload]
     assert len(feed.signals) == 1  # advised once
+
+
+def test_each_group_is_forecast_against_its_sla_first_response_target() -> None:
+    # the shipped configuration: a group's forecast target is the first-response target
+    # of the SLA policy its ordinary chat (P2, no tags) gets - 30 s on the live stream,
+    # 180 s for the chat desks, 10 min for the emergency call-back
+    directory = default_config_dir()
+    sla = load_sla_config(directory / "sla.yaml")
+    fc = SurgeForecaster(sla.surge)
+    groups = load_config(directory).groups.groups
+    assert len(groups) > 10
+    for g in groups:
+        channel = "livestream" if g == "livestream" else "app"
+        policy = sla.policy_for(channel, "P2", g)
+        assert policy.first_response is not None
+        assert fc.target_of(g) == policy.first_response.target_s, (g, policy.id)
+    assert fc.target_of("livestream") == 30
+    assert fc.target_of("payment") == fc.target_of("general") == 180
+    assert fc.target_of("emergency") == 600
+
+
+def test_a_forecast_target_that_no_policy_holds_is_refused(tmp_path: Path) -> None:
+    policies = [{"id": "live", "match": {"channels": ["livestream"]}, "first_response": 30},
+                {"id": "chat", "first_response": 180}]
+    ok = SlaConfig.model_validate({"policies": policies, "surge": {
+        "forecast": {"groups": {"livestream": {"answer_target_s": 30}}}}})
+    assert ok.surge.group_target_s("livestream") == 30
+    assert ok.surge.group_target_s("payment") == 180  # the catch-all's
+    with pytest.raises(ValueError, match=r"'payment' .*60 s.*have 30, 180 s"):
+        SlaConfig.model_validate({"policies": policies, "surge": {
+            "forecast": {"groups": {"payment": {"answer_target_s": 60}}}}})
+    raw = (default_config_dir() / "sla.yaml").read_text(encoding="utf-8")
+    bad = tmp_path / "sla.yaml"
+    bad.write_text(raw.replace("livestream: {aht_s: 60, answer_target_s: 30}",
+                               "livestream: {aht_s: 60, answer_target_s: 45}"),
+                   encoding="utf-8")
+    with pytest.raises(ConfigError, match="livestream"):
+        load_sla_config(bad)
 
 
 # --- the live path -------------------------------------------------------------------

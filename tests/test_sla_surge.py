@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from omniroute.router.keys import Keys
 from omniroute.router.settings import Settings
-from omniroute.sla.config import SurgeConfig
+from omniroute.sla.config import SlaConfig, SurgeConfig
 from omniroute.sla.surge import (
     ScopeState,
     Staffing,
@@ -107,6 +107,34 @@ def test_surge_start_carries_erlang_staffing() -> None:
     assert start["needed_slots"] == needed
     assert start["required_slots"] == math.ceil(needed * 1.2)
     assert start["extra_agents"] == math.ceil((math.ceil(needed * 1.2) - 12) / 3)
+
+
+def test_surge_start_staffs_a_group_as_the_forecast_does() -> None:
+    # a group's surge.start uses the group's handling time and its SLA policy's first
+    # response target, as the forecast does; other scopes the surge defaults
+    cfg = SlaConfig.model_validate({
+        "policies": [
+            {"id": "live", "match": {"channels": ["livestream"]}, "first_response": 30},
+            {"id": "chat", "first_response": 180},
+        ],
+        "surge": {"aht_s": 180, "answer_target_s": 20, "min_baseline_per_min": 1,
+                  "forecast": {"groups": {"livestream": {"aht_s": 60,
+                                                         "answer_target_s": 30}}}},
+    })
+    detector = SurgeDetector(cfg.surge)
+    states: dict[str, ScopeState] = {}
+    starts: dict[str, dict[str, object]] = {}
+    staffed = Staffing(agents=4, slots=12)
+    scopes = ("group:livestream", "group:payment", "all")
+    for rate in (1, 1, 1, 200, 200):
+        states, out = detector.evaluate(dict.fromkeys(scopes, rate), states,
+                                        dict.fromkeys(scopes, staffed))
+        starts.update({str(s["scope"]): s for s in out if s["type"] == "surge.start"})
+    for scope, aht, target in (("group:livestream", 60, 30), ("group:payment", 180, 180),
+                               ("all", 180, 20)):
+        start = starts[scope]
+        assert (start["aht_s"], start["answer_target_s"]) == (aht, target), scope
+        assert start["needed_slots"] == slots_for_service_level(200 / 60, aht, target, 0.8)
 
 
 def test_mass_complaint_burst_raises_an_incident() -> None:

@@ -162,7 +162,7 @@ async def _first_response_stopped(worker: SlaWorker, conv: str) -> bool:
 
 
 SURGE_CONFIG = SlaConfig.model_validate({
-    "policies": [{"id": "any", "first_response": 600}],
+    "policies": [{"id": "any", "first_response": 30}],  # surge staffs against it
     "surge": {"window_s": 60, "start_windows": 2, "clear_windows": 1, "ewma_alpha": 0.5,
               "min_rate_per_min": 10, "aht_s": 120, "answer_target_s": 30},
 })
