@@ -1,5 +1,5 @@
-"""Test helpers: consume from a topic with a deadline, build envelopes, check the JSON
-error form of a refusal."""
+"""Test helpers: consume from a topic with a deadline or up to its end, build envelopes,
+check the JSON error form of a refusal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import ClientResponse
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from omniroute.router.models import Channel, Customer, Envelope, Order, message_id
 
@@ -31,6 +31,54 @@ async def consume(
     finally:
         await consumer.stop()
     assert len(out) >= n, f"only {len(out)} of {n} records on {topic} within {timeout_s} s"
+    return out
+
+
+async def consume_to_end(
+    bootstrap: str, topic: str, timeout_s: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic``, all partitions, up to its end. Call it once the producers
+    are done; fails at the deadline.
+
+    For exact counts: unlike ``consume``, which stops once it holds at least ``n``, this
+    reads until each partition's position reaches its end, so a duplicate at the tail is
+    read too. The end of a partition is the larger of ``end_offsets`` and the high-water
+    mark of the fetch answers: the embedded broker answers ``end_offsets`` (ListOffsets,
+    latest) with the first offset of the last record batch, short of the real end, while
+    its fetch answers carry the true high-water mark.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        await consumer.topics()  # fetch the metadata
+        parts = consumer.partitions_for_topic(topic) or set()
+        assert parts, f"no partitions for {topic}"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        listed: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+
+        async def behind() -> list[TopicPartition]:
+            lagging = []
+            for tp in tps:
+                highwater = consumer.highwater(tp)  # None until a fetch answered for tp
+                end = max(listed[tp], highwater if highwater is not None else 0)
+                if highwater is None or await consumer.position(tp) < end:
+                    lagging.append(tp)
+            return lagging
+
+        while lagging := await behind():
+            assert time.monotonic() < deadline, (
+                f"{topic}: partitions {[tp.partition for tp in lagging]} not read to their "
+                f"end within {timeout_s} s ({len(out)} records read)")
+            batch = await consumer.getmany(*lagging, timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+    finally:
+        await consumer.stop()
     return out
 
 

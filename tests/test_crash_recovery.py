@@ -18,7 +18,7 @@ from omniroute.router import topics
 from omniroute.router.keys import Keys
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
-from tests.helpers import consume, envelope
+from tests.helpers import consume_to_end, envelope
 from tests.servers import TEXTS, queued
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -87,7 +87,9 @@ async def test_sigkill_mid_stream_loses_nothing_and_assigns_nothing_twice(
     members = queued(sync_redis, keys)
     assert len(members) == N, f"{len(members) - N} extra queue entries"
     assert set(members) == {e.id.encode() for e in envs}
-    routed = await consume(settings.kafka_bootstrap, settings.topic(topics.ROUTED), N, 60)
+    # every record up to the end offsets (replays after the kill included), not just the
+    # first N: a message decided again into another group at the tail must be seen
+    routed = await consume_to_end(settings.kafka_bootstrap, settings.topic(topics.ROUTED))
     decided: dict[str, set[str]] = {}
     for rec in routed:
         d = orjson.loads(rec.value)
