@@ -250,6 +250,9 @@ class SurgeConfig(_Frozen):
     min_rate_per_min: float = Field(default=10.0, ge=0)  # below: never a surge
     start_ratio: float = Field(default=2.0, gt=1)
     start_windows: int = Field(default=2, ge=1)
+    # no surge.start before the baseline has seen this many windows (each of them teaches
+    # it, as a running mean): a baseline of a few quiet windows is no ground for a surge
+    min_baseline_windows: int = Field(default=1, ge=1)
     # ... and the rise stands this far out of the Poisson noise of window and baseline
     start_z: float = Field(default=3.0, ge=0)
     clear_ratio: float = Field(default=1.3, gt=0)

@@ -7,7 +7,8 @@ a window has closed, one worker (a ``SET NX`` lock per window) evaluates it:
 
 * baseline: an EWMA of the per-minute rate, learning only while no surge is on
   (a surge must not become the new normal);
-* ``surge.start`` when the rate is >= ``start_ratio`` x baseline (and at least
+* ``surge.start`` when the baseline has seen ``min_baseline_windows`` windows and the
+  rate is >= ``start_ratio`` x baseline (and at least
   ``min_rate_per_min``) for ``start_windows`` consecutive windows, and the rise of
   arrivals stands ``start_z`` out of the noise (the likelihood-ratio z of the window
   against the windows the baseline stands for: a baseline learned from one quiet
@@ -197,6 +198,7 @@ class SurgeDetector:
                 "scope": scope, "kind": scope.split(":", 1)[0], "rate_per_min": round(rate, 3),
                 "baseline_per_min": None if base is None else round(base, 3),
             }
+            warming = st.windows < c.min_baseline_windows
             if base is not None:
                 ref = max(base, c.min_baseline_per_min)
                 ratio = rate / ref
@@ -209,7 +211,7 @@ class SurgeDetector:
                     if st.below >= c.clear_windows:
                         st.active, st.below, st.above = False, 0, 0
                         signals.append({"type": "surge.clear", **info})
-                elif st.above >= c.start_windows:
+                elif st.above >= c.start_windows and not warming:
                     st.active, st.below = True, 0
                     start: dict[str, Any] = {"type": "surge.start", **info}
                     if not scope.startswith("heat:"):  # heat is not a workload
@@ -218,9 +220,12 @@ class SurgeDetector:
                     signals.append(start)
                 if scope.startswith("tag:"):
                     signals += self._incident(st, info, count, total, ratio, all_ratio)
-            if not st.active and st.above == 0:
-                # learn only from ordinary windows: a surge must not become the baseline
-                st.baseline = rate if base is None else base + c.ewma_alpha * (rate - base)
+            if warming or (not st.active and st.above == 0):
+                # learn only from ordinary windows (a surge must not become the baseline),
+                # and from every window while the baseline is still warming up; a running
+                # mean until 1 / ewma_alpha windows are seen, an EWMA after
+                a = max(c.ewma_alpha, 1 / (st.windows + 1))
+                st.baseline = rate if base is None else base + a * (rate - base)
             st.windows += 1
             new_states[scope] = st
         return new_states, signals

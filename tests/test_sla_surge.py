@@ -92,6 +92,31 @@ def test_surge_needs_consecutive_windows_and_clears_with_hysteresis() -> None:
     assert types == []  # 4x a tiny baseline, but below min_rate_per_min
 
 
+def test_surge_start_waits_for_a_baseline_of_min_baseline_windows() -> None:
+    # payment-outage, seed 13: a quiet tag (6/min) whose first window had 2 arrivals; the
+    # EWMA from that window stayed near 2.5 and a busy quarter hour (10, 12 /min) was a
+    # surge.start two minutes before the outage (119/min at window 10)
+    rates = [2.0, 5, 1, 11, 5, 3, 10, 12, 10, 3, 119, 130]
+
+    def starts(cfg: SurgeConfig, series: list[float]) -> list[int]:
+        detector, states, out = SurgeDetector(cfg), {}, []
+        for w, r in enumerate(series):
+            states, signals = detector.evaluate({"group:payment": r}, states, {})
+            out += [w for s in signals if s["type"] == "surge.start"]
+        return out
+
+    shipped = {"ewma_alpha": 0.1, "min_baseline_per_min": 2}
+    assert starts(SurgeConfig(**shipped, min_baseline_windows=10), rates) == [11]
+    # the gate: a rise in the third window is a surge over a baseline of two windows;
+    # with min_baseline_windows 5 those windows are still the baseline's warm-up (each
+    # teaches it), and only a rise after the warm-up is a surge
+    early = [2.0, 2, 30, 30, 30, 30, 30]
+    assert starts(SurgeConfig(**shipped, min_baseline_windows=1), early) == [3]
+    assert starts(SurgeConfig(**shipped, min_baseline_windows=5), early) == []
+    later = [2.0, 2, 2, 2, 2, 30, 30]
+    assert starts(SurgeConfig(**shipped, min_baseline_windows=5), later) == [6]
+
+
 def test_surge_start_carries_erlang_staffing() -> None:
     detector = SurgeDetector(CFG)
     states: dict[str, ScopeState] = {}
