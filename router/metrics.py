@@ -6,11 +6,13 @@ Every process builds its metrics with ``RouterMetrics(registry)`` /
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LATENCY_BUCKETS_S", "AdapterMetrics", "RouterMetrics"]
+__all__ = ["DEAD_LETTER_REASONS", "LATENCY_BUCKETS_S", "RELOAD_RESULTS", "AdapterMetrics",
+           "RouterMetrics"]
 
 # --- names (unit in the suffix; labels in brackets) ---------------------------
 MESSAGES_IN: Final = "omni_messages_in_total"  # envelopes accepted for routing [channel]
@@ -36,13 +38,24 @@ ADAPTER_SIGNALS: Final = "omni_adapter_signals_total"  # gifts/likes counted [ch
 ADAPTER_PII_MASKED: Final = "omni_adapter_pii_masked_total"  # masked values [channel, kind]
 ADAPTER_ACK_LATENCY: Final = "omni_adapter_ack_latency_seconds"  # request -> broker ack [channel]
 
+#: Every ``reason`` label of DEAD_LETTERS (router/worker.py's ``_reason`` kinds).
+DEAD_LETTER_REASONS: Final = ("decode_failed", "invalid_envelope", "decide_failed")
+#: Every ``result`` label of a config reload counter.
+RELOAD_RESULTS: Final = ("applied", "rejected")
+
 LATENCY_BUCKETS_S: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 
 
 class RouterMetrics:
-    """Metrics of the router worker."""
+    """Metrics of the router worker.
+
+    Counters whose label values are known in advance (reload results, dead-letter
+    reasons; the groups and relaxation hops of the configuration, see :meth:`prepare`)
+    are exported at 0 from the start, so ``rate()`` and ``increase()`` see the first
+    event and the dashboard has a series before anything went wrong.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -96,6 +109,19 @@ class RouterMetrics:
         self.config_reloads = Counter(
             CONFIG_RELOADS, "Configuration reloads", ["result"], registry=registry
         )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+
+    def prepare(self, groups: Iterable[str], relax_hops: Iterable[tuple[str, str]]) -> None:
+        """Export at 0 the overflow counter of every skill group and the relaxation
+        counter of every hop (``target -> fallback``) of a relaxing rule, for a
+        configuration just loaded (series of an earlier configuration stay)."""
+        for group in groups:
+            self.overflows.labels(group)
+        for from_group, to_group in relax_hops:
+            self.relaxations.labels(from_group, to_group)
 
 
 class AdapterMetrics:

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..skills.config import WATCHED_FILES, load_config
+from ..skills.rules import Rule
 from .exceptions import ConfigError
 from .metrics import RouterMetrics
 from .pipeline import Pipeline
 
-__all__ = ["PipelineHolder"]
+__all__ = ["PipelineHolder", "relax_hops"]
 
 log = logging.getLogger(__name__)
+
+
+def relax_hops(rules: Iterable[Rule]) -> list[tuple[str, str]]:
+    """Every ``(from_group, to_group)`` a relaxing rule can move a message along."""
+    hops: list[tuple[str, str]] = []
+    for rule in rules:
+        if rule.relax_after_s is not None and rule.fallbacks:
+            chain = (rule.target, *rule.fallbacks)
+            hops += [h for h in itertools.pairwise(chain) if h not in hops]
+    return hops
 
 
 class PipelineHolder:
@@ -48,6 +61,8 @@ class PipelineHolder:
         if old is not None:
             self.metrics.config_info.remove(old)
         self.metrics.config_info.labels(self.version).set(1)
+        config = self._pipeline.config
+        self.metrics.prepare(config.groups.groups, relax_hops(config.routing.rules))
 
     def reload(self) -> bool:
         """Load the directory again; True if a new version became active."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..router.events import SurgeType
+from ..router.metrics import RELOAD_RESULTS
 
 __all__ = ["SlaMetrics"]
 
@@ -33,7 +36,8 @@ FORECAST_EXTRA_AGENTS: Final = "omni_forecast_extra_agents"  # for the peak, res
 
 
 class SlaMetrics:
-    """Metrics of the SLA worker."""
+    """Metrics of the SLA worker. The reload results and every surge signal type are
+    exported at 0 from the start, so ``increase()`` sees the first one."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -44,6 +48,8 @@ class SlaMetrics:
         self.config_reloads = Counter(
             SLA_CONFIG_RELOADS, "SLA configuration reloads", ["result"], registry=registry
         )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         labels = ["skill_group", "policy", "timer"]
         self.warnings = Counter(SLA_WARNINGS, "SLA warnings fired", labels, registry=registry)
         self.breaches = Counter(SLA_BREACHES, "SLA breaches fired", labels, registry=registry)
@@ -91,6 +97,8 @@ class SlaMetrics:
         self.surge_signals = Counter(
             SURGE_SIGNALS, "Surge signals produced", ["type"], registry=registry
         )
+        for surge_type in get_args(SurgeType):
+            self.surge_signals.labels(surge_type)
         self.forecast_wait = Gauge(
             FORECAST_WAIT, "Forecast: predicted wait of an arrival now (+Inf: the queue "
             "never drains)", ["skill_group"], registry=registry,

@@ -520,6 +520,8 @@ class SlaWorker(Lifecycle):
                 continue
             g = state.group
             open_[g] = open_.get(g, 0) + 1
+            risk.setdefault(g, 0)  # 0, not absent, for a group with open conversations
+            breached.setdefault(g, 0)
             cal = self.engine.calendar_of(state)
             elapsed = [t.elapsed_s + cal.elapsed(t.seg_start_ms, now) for t in running]
             if any(e >= t.target_s for e, t in zip(elapsed, running, strict=True)):
