@@ -21,17 +21,19 @@ import redis
 class Demo:
     """``omniroute demo --keep-running`` in its own process group."""
 
-    def __init__(self, workdir: Path, redis_url: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "demo.out"
         self.redis_url = redis_url
+        self.env = env or {}  # e.g. OMNI_CONFIG_DIR, channel secrets
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, str] = {}
 
     def start(self, messages: int = 60, timeout_s: float = 150.0) -> None:
         env = {**os.environ, "REDIS_URL": self.redis_url, "COLUMNS": "250",
-               "NO_COLOR": "1", "TERM": "dumb"}
+               "NO_COLOR": "1", "TERM": "dumb", **self.env}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "omniroute", "demo", "--messages", str(messages),
@@ -93,9 +95,11 @@ def parse_demo_output(text: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_demo(tmp_path: Path, redis_url: str, messages: int = 60) -> Iterator[Demo]:
-    """A demo with its stack up; stopped (and its keys deleted) on exit."""
-    demo = Demo(tmp_path, redis_url)
+def running_demo(tmp_path: Path, redis_url: str, messages: int = 60,
+                 env: dict[str, str] | None = None) -> Iterator[Demo]:
+    """A demo with its stack up (``env`` added to its environment); stopped (and its
+    keys deleted) on exit."""
+    demo = Demo(tmp_path, redis_url, env)
     try:
         demo.start(messages)
         yield demo
