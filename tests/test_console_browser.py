@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -144,16 +145,48 @@ GROUP_ROWS = """[...document.querySelectorAll('#groups tr[data-group]')].map(tr 
           oldest_text: v('oldest_age_s').textContent, agents: +v('agents').dataset.value,
           free_slots: +v('free_slots').dataset.value, slots: +v('free_slots').dataset.slots,
           free_text: v('free_slots').textContent,
-          at_risk: +v('at_risk').dataset.value, breached: +v('breached').dataset.value};
+          open: +v('open').dataset.value, at_risk: +v('at_risk').dataset.value,
+          breached: +v('breached').dataset.value,
+          forecast: v('forecast_wait_s').dataset.value,
+          forecast_text: v('forecast_wait_s').textContent};
 })"""
 DECISIONS = """[...document.querySelectorAll('#decisions li[data-message-id]')].map(li => ({
   message_id: li.dataset.messageId,
   group: li.querySelector('[data-field="skill_group"]').textContent,
   band: li.querySelector('[data-field="band"]').textContent,
   why: [...li.querySelectorAll('.why li')].map(x => x.textContent)}))"""
-ROOMS = """[...document.querySelectorAll('#rooms tr[data-room]')].map(tr => ({room: tr.dataset.room,
-  questions_per_min: +tr.querySelector('[data-field="questions_per_min"]').dataset.value}))"""
+ROOM_FIELDS = ("questions_per_min", "chatter_per_min", "chatter_share", "gifts_per_min",
+               "likes_per_min", "heat_per_min")
+ROOMS = ("[...document.querySelectorAll('#rooms tr[data-room]')].map(tr => Object.fromEntries("
+         "[['room', tr.dataset.room], ..." + json.dumps(ROOM_FIELDS) + ".map(f => "
+         "[f, +tr.querySelector(`[data-field=\"${f}\"]`).dataset.value])]))")
 NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= window.innerWidth"
+
+
+def sla_and_rooms_differences(rows: dict[str, dict[str, Any]], rooms: list[dict[str, Any]],
+                              snap: dict[str, Any]) -> list[str]:
+    """Where the page's SLA counts, forecasts and live rooms differ from ``snap``."""
+    out: list[str] = []
+    for g in snap["groups"]:
+        row = rows.get(g["group"])
+        if row is None:
+            out.append(f"{g['group']}: not on the page")
+            continue
+        for key in ("open", "at_risk", "breached"):
+            if row[key] != g[key]:
+                out.append(f"{g['group']}.{key}: page {row[key]}, API {g[key]}")
+        f = g["forecast"]
+        wait = None if f is None else f["predicted_wait_s"]
+        page_wait = float(row["forecast"]) if row["forecast"] else None
+        shown = row["forecast_text"]
+        if page_wait != wait or (shown == "—") != (f is None) or (f is not None and (
+                shown.startswith("∞") != f["unbounded"]
+                or shown.endswith(f" · +{f['extra_agents']}") != bool(f["extra_agents"]))):
+            out.append(f"{g['group']}.forecast: page {row['forecast']!r} {shown!r}, API {f}")
+    api_rooms = [{"room": r["room"], **{k: r[k] for k in ROOM_FIELDS}} for r in snap["rooms"]]
+    if rooms != api_rooms:
+        out.append(f"rooms: page {rooms}, API {api_rooms}")
+    return out
 
 
 async def _get(session: aiohttp.ClientSession, url: str, token: str) -> Any:
@@ -229,11 +262,20 @@ async def test_console_in_chromium_shows_what_the_api_says(
                 rooms = {r["room"]: r for r in await page.eval(ROOMS)}
                 assert "demo-live-room-1" in rooms  # the demo's live-stream messages
                 assert rooms["demo-live-room-1"]["questions_per_min"] > 0
-                for g in snap["groups"]:
-                    if g["group"] in rows:
-                        # at risk and breached move with time: never more than open
-                        assert rows[g["group"]]["at_risk"] + rows[g["group"]]["breached"] <= (
-                            g["open"])
+                # open, at risk, breached, the forecast wait and every live-room figure
+                # (heat, chatter share, ...) as the snapshot says; these move with time
+                # (forecast buckets, timers, the room window), so the page and the API
+                # must agree at one moment within a few pushes, not at an arbitrary one
+                deadline = time.monotonic() + 15
+                while True:
+                    snap = await _get(http, f"{base}/console/api/snapshot", info["viewer"])
+                    page_rows = {r["group"]: r for r in await page.eval(GROUP_ROWS)}
+                    diff = sla_and_rooms_differences(page_rows, await page.eval(ROOMS), snap)
+                    if not diff:
+                        break
+                    assert time.monotonic() < deadline, diff
+                    await asyncio.sleep(0.3)
+                assert any(g["open"] for g in snap["groups"])
                 banner = await page.eval("document.querySelector('#banner .banner')?.dataset.kind")
                 assert banner == ("none" if not snap["banner"] else snap["banner"][0]["kind"])
                 # both languages on the page
