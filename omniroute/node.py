@@ -11,7 +11,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
 
 import faust
 from aiohttp import web
@@ -20,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from .adapters import build_http_app, channel_installers
 from .adapters.email import ImapPoller, SmtpServer
 from .router.app import create_worker_app
-from .router.http import HttpContext
+from .router.http import HttpContext, http_server_options, serve_app
 from .router.metrics import AdapterMetrics
 from .router.producer import EnvelopeProducer
 from .router.redis_client import connect
@@ -48,25 +47,10 @@ async def http_ingest(
             await producer.start()  # a broker that is down now is retried per request (503)
         ctx = HttpContext(settings, producer, AdapterMetrics(registry), redis)
         app = build_http_app(ctx, [*channel_installers(), install_agent_api, install_console])
-        runner = web.AppRunner(app, **http_server_options(settings))
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
+        runner, _port = await serve_app(stack, app, settings, settings.http_port)
         log.info("HTTP ingest on http://%s:%d", settings.http_host, settings.http_port)
         await _start_mail(stack, ctx)
         yield runner, ctx
-
-
-def http_server_options(settings: Settings) -> dict[str, Any]:
-    """aiohttp server options of the HTTP ingest: no access log, and slow headers cut off.
-
-    aiohttp arms its keep-alive timer when a connection opens and again after each
-    answer, and closes the connection if a complete request head has not arrived by
-    then: the keep-alive timeout is the header deadline (its default is an hour).
-    A load balancer in front should close idle connections sooner than this.
-    """
-    return {"access_log": None, "keepalive_timeout": settings.http_header_timeout_s}
 
 
 async def _start_mail(stack: contextlib.AsyncExitStack, ctx: HttpContext) -> None:

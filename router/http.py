@@ -7,6 +7,7 @@ The adapters' app, the agent API (``sla``) and the SLA and router workers all se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -207,3 +208,33 @@ def add_probe_routes(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+
+
+def http_server_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp server options of every HTTP surface: no access log, slow headers cut off.
+
+    aiohttp arms its keep-alive timer when a connection opens and again after each
+    answer, and closes the connection if a complete request head has not arrived by
+    then: the keep-alive timeout is the header deadline (its default is an hour).
+    A load balancer in front should close idle connections sooner than this.
+    """
+    return {"access_log": None, "keepalive_timeout": settings.http_header_timeout_s}
+
+
+async def serve_app(
+    stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port: int
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``settings.http_host:port`` until ``stack`` closes.
+
+    Returns:
+        The runner and the bound port (``port`` 0 lets the system pick one).
+    """
+    runner = web.AppRunner(app, **http_server_options(settings))
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, settings.http_host, port)
+    await site.start()
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    return runner, port

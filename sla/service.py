@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..router.clock import Clock
-from ..router.http import Readiness, add_probe_routes
+from ..router.http import Readiness, add_probe_routes, serve_app
 from ..router.producer import EnvelopeProducer
 from ..router.redis_client import connect
 from ..router.settings import Settings
@@ -56,15 +56,7 @@ async def sla_service(
         add_probe_routes(app, registry, Readiness(
             {"redis": ping, "kafka": broker_probe.check},
             info=lambda: {"config_version": worker.holder.version}))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, settings.http_host, service.web_port)
-        await site.start()
-        port = service.web_port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            port = server.sockets[0].getsockname()[1]
+        _runner, port = await serve_app(stack, app, settings, service.web_port)
         log.info("SLA worker ready; metrics on http://%s:%d/metrics", settings.http_host, port)
         yield worker, port
 

@@ -37,8 +37,7 @@ from omniroute.adapters.generic import install as generic_installer
 from omniroute.adapters.http import build_http_app
 from omniroute.admin import ensure_topics
 from omniroute.embedded import EmbeddedProcess, start_broker
-from omniroute.node import http_server_options
-from omniroute.router.http import HttpContext, Installer
+from omniroute.router.http import HttpContext, Installer, http_server_options
 from omniroute.router.metrics import AdapterMetrics
 from omniroute.router.producer import EnvelopeProducer
 from omniroute.router.settings import Settings
@@ -214,6 +213,23 @@ async def test_slow_headers_are_closed_by_the_header_deadline(topics_ready: Sett
                         {"channel_msg_id": f"h{n}", "customer": {"id": "c"},
                          "text": "订单没到"})) as resp:
                     assert resp.status == 202, await resp.text()
+
+
+async def test_the_sla_service_cuts_slow_headers_too(topics_ready: Settings) -> None:
+    """``omniroute sla`` serves /metrics and /readyz with the same server options."""
+    from omniroute.router.settings import SlaServiceSettings
+    from omniroute.sla.service import sla_service
+
+    timeout_s = 1.0
+    settings = topics_ready.model_copy(update={
+        "http_header_timeout_s": timeout_s,
+        "sla": SlaServiceSettings.model_validate({"OMNI_SLA_WEB_PORT": 0})})
+    async with sla_service(settings) as (_worker, port):
+        held = await asyncio.gather(*(trickle_head(port) for _ in range(10)))
+        assert max(held) < timeout_s + 3.0, max(held)
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            assert resp.status == 200
 
 
 @pytest.fixture
