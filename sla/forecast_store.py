@@ -5,8 +5,9 @@ so each script below touches one slot on Redis Cluster:
 
 * ``Keys.surge_bucket(i)``: hash, scope -> count of short bucket ``i``; the record
   script adds each record once: it first adds the record's id (message id, agent
-  event id, signal record offset) to ``Keys.surge_seen(i)`` and counts only when the
-  id is new, so a batch replayed after a crash is not counted twice. The same
+  event id, signal record offset) to ``Keys.surge_seen(i)`` (kept as long as the
+  bucket and the window) and counts only when the id is new, so a batch replayed
+  after a crash is not counted twice. The same
   script adds to the detector's window (``Keys.surge_window``), under the same test;
 * ``Keys.forecast_state()``: the :class:`~sla.forecast.ForecastState` JSON;
 * ``Keys.forecast_lease()``: one worker at a time evaluates (``SET NX PX`` of a
@@ -135,6 +136,9 @@ class ForecastStore:
         # windows as long as the detector keeps them
         self.bucket_ttl_ms = self.forecaster.buckets_needed * self.bucket_ms * 3 + 60_000
         self.window_ttl_ms = int(max(config.long_window_s, config.window_s) * 3000)
+        # a record's id is remembered as long as anything it was counted in lives: a
+        # batch replayed after the seen set expired would count again in the window
+        self.seen_ttl_ms = max(self.bucket_ttl_ms, self.window_ttl_ms)
         self._record = redis.register_script(_RECORD)
         self._commit = redis.register_script(_COMMIT)
         self._release = redis.register_script(_RELEASE)
@@ -161,7 +165,7 @@ class ForecastStore:
         items: list[str | int | float] = []
         for c in counts:
             b = self.index(c.at_ms)
-            seen = key(self.keys.surge_seen(b), self.bucket_ttl_ms)
+            seen = key(self.keys.surge_seen(b), self.seen_ttl_ms)
             bucket = key(self.keys.surge_bucket(b), self.bucket_ttl_ms)
             triples: list[str | int | float] = []
             for scope, n in c.bucket.items():

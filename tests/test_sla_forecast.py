@@ -401,7 +401,14 @@ async def test_replayed_batch_is_counted_once(
         await worker.process(records)  # the batch again: a crash before the commit
         await worker.process(records[2:5])  # and part of it once more
         again = await store.bucket(index), await aredis.hgetall(window)
+        # the ids are remembered as long as the window they were counted in lives (a
+        # replay after the seen set expired would count again in the window)
+        seen_ttl = await aredis.pttl(keys.surge_seen(index))
+        window_ttl = await aredis.pttl(window)
+        bucket_ttl = await aredis.pttl(keys.surge_bucket(index))
     assert again == first
+    assert seen_ttl >= window_ttl > 0
+    assert seen_ttl >= bucket_ttl > 0
     counts, windows = first
     assert counts[f"a:group:{G}"] == 6
     assert counts["a:tag:payment"] == 6
