@@ -64,7 +64,7 @@ def _infrastructure(base: Settings, external: bool) -> Iterator[tuple[Settings, 
         redis_url = base.redis_url
         broker_pid: int | None = None
         if not external:
-            broker = stack.enter_context(start_broker())
+            broker = stack.enter_context(start_broker(log=base.tansu_log))
             bootstrap = broker.url
             broker_pid = broker.proc.pid if broker.proc is not None else None
             redis_url = stack.enter_context(start_redis()).url
