@@ -103,6 +103,34 @@ def test_payment_outage_is_flagged_as_an_incident_within_60_s() -> None:
     assert s["breach_rate_with_advice"] <= 0.05 < s["breach_rate_without_advice"]
 
 
+# every scenario meets the targets (its ``targets``) on other seeds than its own
+# (tested above): seed 2 of livestream-ramp once broke 43 % with the advice (no new advice
+# once the advised agents had logged in), seed 13 of payment-outage raised surge.start
+# two minutes before the outage. Seeds 3-5 were checked too when this was written.
+SEEDS = [(name, seed) for name in (
+    "livestream-ramp", "flash-step", "double11-midnight", "payment-outage") for seed in (1, 2)]
+
+
+@pytest.mark.parametrize(("name", "seed"), [*SEEDS, ("payment-outage", 13)])
+def test_targets_hold_on_other_seeds(name: str, seed: int) -> None:
+    sc = load_scenario(scenario_path(name))
+    assert seed != sc.seed
+    s = rehearse(sc.model_copy(update={"seed": seed}), None, chart=False)
+    print(orjson.dumps(s).decode())
+    t = sc.targets
+    assert s["first_breach_s"] is not None  # without the advice the peak does breach
+    if t.lead_time_s is not None:  # ramps: a signal at least a minute before the breach
+        assert s["lead_time_s"] >= t.lead_time_s
+    if t.signal_within_s is not None:  # the step burst: signalled within 15 s
+        assert 0 <= s["signal_after_mark_s"] <= t.signal_within_s
+    if t.incident_within_s is not None:  # the incident: flagged within 60 s, no false alarm
+        assert 0 <= s["first_incident_s"] - s["mark_s"] <= t.incident_within_s
+        assert s["first_signal_s"] >= s["mark_s"]
+    assert t.advised_breach_rate is not None
+    assert s["breach_rate_with_advice"] <= t.advised_breach_rate < s[
+        "breach_rate_without_advice"]
+
+
 def test_rehearsal_is_deterministic_for_a_seed() -> None:
     sc = load_scenario(scenario_path("payment-outage"))
     assert rehearse(sc) == rehearse(sc)
