@@ -205,6 +205,32 @@ def test_advice_is_renewed_when_the_staff_it_asked_for_no_longer_holds() -> None
     assert [s for _, s in feed.signals[before:] if s["type"] == "surge.warning"] == []
 
 
+def test_heat_to_arrivals_scale_is_learned_in_quiet_times() -> None:
+    # live-room heat leads the questions: the arrivals per heat unit are learned while
+    # all is quiet (no warning, heat at its usual level), and not from a heating room
+    # whose questions have not come yet (that would teach "heat brings no questions")
+    fc = SurgeForecaster(config())
+    feed = Feed(fc)
+    load = GroupLoad(agents=24, slots=72)
+
+    def hot(rate: float, heat: float) -> dict[str, float]:
+        return {**bucket(rate), "heat:all": heat * 5, "heat:room:r1": heat * 5}
+
+    for _ in range(60):
+        feed.step(hot(0.5, 100.0), load)
+    assert feed.signals == []
+    assert feed.state.heat_k == pytest.approx(0.5 / 100.0)
+    learned = feed.state.heat_k
+    for _ in range(6):  # the room heats up 10x, the questions follow 30 s later
+        feed.step(hot(0.5, 1000.0), load)
+    assert feed.state.heat_k == learned
+    # the heat is a driver of the projection: the group is warned before its arrivals rise
+    warnings = [w for _, w in feed.signals if w["type"] == "surge.warning"]
+    assert warnings
+    assert "heat" in warnings[0]["evidence"]["drivers"]  # type: ignore[index]
+    assert float(warnings[0]["evidence"]["rate_per_min"]) == pytest.approx(30)  # type: ignore[index, arg-type]
+
+
 def test_scheduled_peak_is_advised_ahead_of_its_start() -> None:
     start_ms = T0_MS + 3005_000  # advised at T0 + 1205 s, the 241st bucket
     fc = SurgeForecaster(config(scheduled_peaks=[{
