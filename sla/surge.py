@@ -129,6 +129,7 @@ class ScopeState:
     incident: bool = False
     incident_below: int = 0
     windows: int = 0
+    rate_per_min: float = 0.0  # arrivals of the last closed window
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ class SurgeDetector:
                 a = max(c.ewma_alpha, 1 / (st.windows + 1))
                 st.baseline = rate if base is None else base + a * (rate - base)
             st.windows += 1
+            st.rate_per_min = round(rate, 3)
             new_states[scope] = st
         return new_states, signals
 

@@ -421,10 +421,12 @@ class SlaWorker(Lifecycle):
             out += [s.to_dict() for s in signals]
             for scope, st in (await self.surge.states()).items():
                 self.metrics.surge_active.labels(scope).set(1 if st.active else 0)
+                self.metrics.surge_rate.labels(scope).set(st.rate_per_min)
                 if st.baseline is not None:
                     self.metrics.surge_baseline.labels(scope).set(st.baseline)
+                if scope.startswith("group:") and not st.active:
+                    self.metrics.surge_extra_agents.labels(scope).set(0)  # no surge, no ask
             for s in signals:
-                self.metrics.surge_rate.labels(s.scope).set(s.rate_per_min)
                 if s.extra_agents is not None:
                     self.metrics.surge_extra_agents.labels(s.scope).set(s.extra_agents)
         return out

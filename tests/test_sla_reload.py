@@ -30,6 +30,8 @@ from omniroute.sla.worker import SlaWorker
 from tests.test_sla_support import FakeClock, decision
 
 LIVE_TARGET = "    first_response: 30\n"  # livestream-question in the shipped sla.yaml
+# the forecast staffs livestream against that target; sla.yaml must keep the two equal
+LIVE_FORECAST = "      livestream: {aht_s: 60, answer_target_s: 30}\n"
 VERSION = 'version: "2026-11-1"'
 
 
@@ -40,6 +42,7 @@ def _sla_yaml(tmp_path: Path) -> Path:
     shutil.copy(default_config_dir() / "sla.yaml", path)
     text = path.read_text(encoding="utf-8")
     assert text.count(LIVE_TARGET) == 1
+    assert text.count(LIVE_FORECAST) == 1
     assert VERSION in text
     return path
 
@@ -48,6 +51,16 @@ def _edit(path: Path, old: str, new: str) -> None:
     """Rewrite the file and move its modification time on (coarse clocks)."""
     before = path.stat().st_mtime_ns
     path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def _retarget(path: Path, old_s: int, new_s: int) -> None:
+    """Move the livestream first-response target, and the forecast's with it."""
+    text = path.read_text(encoding="utf-8")
+    text = text.replace(f"    first_response: {old_s}\n", f"    first_response: {new_s}\n", 1)
+    text = text.replace(f"answer_target_s: {old_s}}}", f"answer_target_s: {new_s}}}", 1)
+    before = path.stat().st_mtime_ns
+    path.write_text(text, encoding="utf-8")
     os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
 
 
@@ -64,7 +77,7 @@ def test_holder_swaps_a_valid_change_and_keeps_the_old_on_a_bad_one(tmp_path: Pa
     assert _sample(registry, "omni_sla_config_info", version=v1) == 1
     assert holder.reload_if_changed() is False  # nothing changed
 
-    _edit(path, LIVE_TARGET, "    first_response: 45\n")
+    _retarget(path, 30, 45)
     assert holder.reload_if_changed() is True
     v2 = holder.version
     assert v2 != v1  # the label is the same: the hash tells the versions apart
@@ -77,14 +90,18 @@ def test_holder_swaps_a_valid_change_and_keeps_the_old_on_a_bad_one(tmp_path: Pa
     assert _sample(registry, "omni_sla_config_info", version=v1) is None
     assert _sample(registry, "omni_sla_config_reloads_total", result="applied") == 1
 
-    # an unknown calendar, then broken YAML: both rejected, v2 keeps running
+    # a policy target the forecast no longer staffs for, an unknown calendar, then broken
+    # YAML: all rejected, v2 keeps running
+    _edit(path, "    first_response: 45\n", "    first_response: 40\n")
+    assert holder.reload_if_changed() is False
+    _edit(path, "    first_response: 40\n", "    first_response: 45\n")
     _edit(path, "calendar: default", "calendar: nowhere")
     assert holder.reload_if_changed() is False
     _edit(path, VERSION, 'version: "2026-11-1\n  : ]')
     assert holder.reload() is False
     assert holder.version == v2
     assert holder() is not None
-    assert _sample(registry, "omni_sla_config_reloads_total", result="rejected") == 2
+    assert _sample(registry, "omni_sla_config_reloads_total", result="rejected") == 3
     assert _sample(registry, "omni_sla_config_info", version=v2) == 1
 
 
@@ -120,7 +137,7 @@ async def test_the_worker_uses_a_new_sla_yaml_from_its_next_tick_and_on_reload(
         assert await live_target_s(1) == 30
 
         # a changed file: the next tick applies it
-        _edit(path, LIVE_TARGET, "    first_response: 45\n")
+        _retarget(path, 30, 45)
         await worker.tick()
         assert worker.holder.version != v1
         assert await live_target_s(2) == 45
@@ -134,7 +151,7 @@ async def test_the_worker_uses_a_new_sla_yaml_from_its_next_tick_and_on_reload(
 
         # SIGHUP (reload) picks up the fixed file at once
         _edit(path, "calendar: nowhere", "calendar: default")
-        _edit(path, "    first_response: 45\n", "    first_response: 50\n")
+        _retarget(path, 45, 50)
         assert worker.reload() is True
         assert await live_target_s(4) == 50
         assert _sample(registry, "omni_sla_config_reloads_total", result="applied") == 2
@@ -201,7 +218,7 @@ def test_sighup_makes_a_running_sla_process_load_the_changed_sla_yaml(
         v1 = until(lambda status, _: status == 200, "ready", 60)["config_version"]
         assert v1.startswith("2026-11-1+")
 
-        _edit(path, LIVE_TARGET, "    first_response: 45\n")
+        _retarget(path, 30, 45)
         time.sleep(1.5)  # past the readiness cache: not picked up without the signal
         assert _readyz(port)[1]["config_version"] == v1
         os.kill(proc.pid, signal.SIGHUP)

@@ -177,9 +177,11 @@ async def test_arrival_surge_raises_surge_start_with_extra_agents(
     desk = AgentDesk(aredis, keys)
     await desk.register("a1", ["general"], 3, clock.ms())
     await desk.register("a2", ["general"], 3, clock.ms())
-    worker = SlaWorker(settings, CollectorRegistry(), clock, config=SURGE_CONFIG, redis=aredis,
+    registry = CollectorRegistry()
+    worker = SlaWorker(settings, registry, clock, config=SURGE_CONFIG, redis=aredis,
                        tick_s=3600, surge_grace_s=1)
     per_window = [10, 10, 40, 40]
+    gauges: list[tuple[float, float]] = []  # (rate, extra agents) of group:general per tick
     n = 0
     batch: list[Decision] = []
     for w, count in enumerate(per_window):
@@ -196,6 +198,14 @@ async def test_arrival_surge_raises_surge_start_with_extra_agents(
             await desk.heartbeat("a1", clock.ms())
             await desk.heartbeat("a2", clock.ms())
             signals += await worker.surge_tick()
+            gauges.append((sample(registry, "omni_surge_rate_per_minute", scope="group:general"),
+                           sample(registry, "omni_surge_extra_agents_needed",
+                                  scope="group:general")))
+    # every closed window sets the rate of every scope, signal or not; the ask is 0 until
+    # the surge starts (two hot windows), then the Erlang C shortfall below
+    assert registry.get_sample_value("omni_surge_rate_per_minute", {"scope": "all"}) is not None
+    assert [g[0] for g in gauges] == [0.0, 10.0, 10.0, 40.0, 40.0]  # the first tick: none closed
+    assert [g[1] for g in gauges] == [0.0, 0.0, 0.0, 0.0, 32.0]
     starts = [s for s in signals if s["type"] == "surge.start"]
     assert {s["scope"] for s in starts} >= {"all", "channel:wechat", "group:general"}
     group = next(s for s in starts if s["scope"] == "group:general")
