@@ -341,7 +341,7 @@ class Rehearsal:
                 r.arrival_order.setdefault(d.skill_group, deque()).append(
                     (d.received_at_ms, d.conversation_id))
                 scopes = {x: 1.0 for x in arrival_scopes(
-                    d.skill_group, str(d.channel), [t.id for t in d.tags])}
+                    d.skill_group, str(d.channel), [t.id for t in d.tags], d.room)}
                 ring.add(d.received_at_ms, scopes)
                 w = window_counts.setdefault(d.received_at_ms // window_ms, {})
                 for scope in ("all", f"channel:{d.channel}", f"group:{d.skill_group}",

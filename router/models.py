@@ -295,6 +295,7 @@ class Decision:
     overflow_from: str | None = None
     agent_id: str | None = None  # sticky routing: the agent who served this conversation
     explain: tuple[str, ...] = ()  # routing steps (rule matched, overflow, sticky ...)
+    room: str | None = None  # the live room the question came from (forecast per room)
     schema: int = DECISION_SCHEMA_VERSION
 
     def __repr__(self) -> str:
@@ -329,7 +330,7 @@ class Decision:
                 group, queue = g("skill_group"), g("queue")
                 rule, version = g("rule_id"), g("config_version")
                 received, decided = g("received_at_ms"), g("decided_at_ms")
-                overflow, agent = g("overflow_from"), g("agent_id")
+                overflow, agent, room = g("overflow_from"), g("agent_id"), g("room")
                 explain, prio = g("explain", []), g("priority")
                 score, band, reasons = prio["score"], _BANDS[prio["band"]], prio["reasons"]
                 tags = []
@@ -355,6 +356,7 @@ class Decision:
                     and type(decided) is int and decided >= 0
                     and (overflow is None or type(overflow) is str)
                     and (agent is None or type(agent) is str)
+                    and (room is None or type(room) is str)
                     and (type(score) is float or type(score) is int)
                     and type(reasons) is list and type(explain) is list
                     and (v := g("schema", DECISION_SCHEMA_VERSION)) == DECISION_SCHEMA_VERSION
@@ -363,7 +365,7 @@ class Decision:
                     return cls(
                         mid, conv, _CHANNELS[g("channel")], cust, tuple(tags),
                         Priority(float(score), band, tuple(reasons)), group, queue, rule,
-                        version, received, decided, overflow, agent, tuple(explain),
+                        version, received, decided, overflow, agent, tuple(explain), room,
                     )
             except (TypeError, KeyError):
                 pass  # named by the slow pass below
@@ -409,6 +411,7 @@ def _decision_slow(data: Any) -> Decision:
         decided_at_ms=_rec.count(d, "decided_at_ms", _DECISION),
         overflow_from=_rec.opt_str(d, "overflow_from", _DECISION),
         agent_id=_rec.opt_str(d, "agent_id", _DECISION),
+        room=_rec.opt_str(d, "room", _DECISION),
         explain=_rec.str_tuple(d, "explain", _DECISION),
     )
 

@@ -14,7 +14,7 @@ from ..skills.priority import PriorityModel
 from ..skills.rules import RuleSet
 from ..skills.tagger import Tagger, TagResult
 from .exceptions import NoRuleMatched
-from .models import Decision, Envelope
+from .models import Decision, EntryKind, Envelope
 
 __all__ = ["NO_REDIS_FACTS", "Pipeline", "RedisFacts"]
 
@@ -140,4 +140,6 @@ class Pipeline:
             overflow_from=overflow_from,
             agent_id=agent,
             explain=tuple(explain),
+            room=(env.entry.id if env.entry is not None and env.entry.kind is EntryKind.LIVE_ROOM
+                  else None),
         )

@@ -8,8 +8,9 @@ keeps them in memory (:class:`BucketRing`); both call :meth:`SurgeForecaster.eva
 
 Bucket scopes (one float per bucket):
 
-* ``a:all``, ``a:group:<g>``, ``a:channel:<c>``, ``a:tag:<t>``, ``a:gc:<g>|<c>``:
-  arrivals (each message counted once, replays are not counted again);
+* ``a:all``, ``a:group:<g>``, ``a:channel:<c>``, ``a:tag:<t>``, ``a:gc:<g>|<c>``,
+  ``a:room:<id>``: arrivals (each message counted once, replays are not counted
+  again; the room is the live room a question was asked in);
 * ``s:group:<g>``: service completions (``resolve`` and ``transfer`` agent events);
 * ``heat:room:<id>`` and ``heat:all``: live-room heat, viewers x ``heat_per_viewer``
   + gifts x ``heat_per_gift`` + likes x ``heat_per_like``.
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from .config import ScheduledPeak, SurgeConfig
@@ -63,11 +64,17 @@ __all__ = [
 #: the configured handling time weighs as much as this many observed completions (a
 #: shrinkage prior: a few minutes of a desk's completions are too noisy to replace it)
 AHT_PRIOR_COMPLETIONS: Final = 300
+_ROOMS_SHOWN: Final = 5  # live rooms named in a group's forecast and its evidence
 
 
-def arrival_scopes(group: str, channel: str, tags: Sequence[str]) -> list[str]:
-    """The bucket scopes one arrival adds to (the leaf tag and its top level)."""
+def arrival_scopes(
+    group: str, channel: str, tags: Sequence[str], room: str | None = None
+) -> list[str]:
+    """The bucket scopes one arrival adds to (the leaf tag and its top level, and the
+    live room it was asked in)."""
     out = ["a:all", f"a:group:{group}", f"a:channel:{channel}", f"a:gc:{group}|{channel}"]
+    if room:
+        out.append(f"a:room:{room}")
     for tag in dict.fromkeys([*tags, *(t.split(".", 1)[0] for t in tags)]):
         out.append(f"a:tag:{tag}")
     return out
@@ -132,6 +139,9 @@ class GroupForecast:
     needed_slots: int
     required_slots: int
     extra_agents: int
+    # the live rooms feeding the group (it takes questions of the heat channel), busiest
+    # first: (room, questions per minute now, heat per minute now)
+    rooms: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -237,9 +247,13 @@ class SurgeForecaster:
         groups = sorted({*loads, *(s.split(":", 2)[2] for s in rates if s.startswith("a:group:"))})
         out: dict[str, GroupForecast] = {}
         end_ms = (last_bucket + 1) * self.bucket_ms
+        rooms = self._rooms(rates)
+        heat_channel = str(self.fc.heat_channel)
         for g in groups:
             load = loads.get(g, GroupLoad(0, 0))
             f = self._forecast(g, now_ms, rates, load, st)
+            if rooms and sum(rates.get(f"a:gc:{g}|{heat_channel}", ())) > 0:
+                f = replace(f, rooms=rooms)
             out[g] = f
             signals += self._warn(g, f, load, now_ms, end_ms, st)
         signals += self._scheduled(now_ms, end_ms, rates, loads, st)
@@ -257,6 +271,16 @@ class SurgeForecaster:
         window = list(buckets)[-min(self.n_trend, seen + 1):]
         scopes = {s for b in window for s in b}
         return {s: [b.get(s, 0.0) / self.bucket_s for b in window] for s in scopes}
+
+    def _rooms(self, rates: Mapping[str, list[float]]) -> tuple[tuple[str, float, float], ...]:
+        """Per live room, the questions and the heat per minute now (short buckets),
+        busiest first; at most ``_ROOMS_SHOWN`` rooms."""
+        ids = {s.split(":", 2)[2] for s in rates if s.startswith(("a:room:", "heat:room:"))}
+        rooms = [(r, round(self._now(rates.get(f"a:room:{r}")) * 60, 3),
+                  round(self._now(rates.get(f"heat:room:{r}")) * 60, 3)) for r in ids]
+        rooms = [x for x in rooms if x[1] > 0 or x[2] > 0]
+        rooms.sort(key=lambda x: (-x[1], -x[2], x[0]))
+        return tuple(rooms[:_ROOMS_SHOWN])
 
     def _now(self, series: Sequence[float] | None) -> float:
         return sum(series[-self.n_short:]) / self.n_short if series else 0.0
@@ -516,6 +540,8 @@ class SurgeForecaster:
             "predicted_wait_s": None if math.isinf(f.predicted_wait_s)
             else round(f.predicted_wait_s, 3),
             "model": f.cause, "drivers": list(f.drivers),
+            **({"rooms": [{"room": r, "questions_per_min": q, "heat_per_min": h}
+                          for r, q, h in f.rooms]} if f.rooms else {}),
         }
 
     def _advice(self, extra: int, load: GroupLoad, now_ms: int) -> dict[str, float]:

@@ -228,7 +228,8 @@ class SlaWorker(Lifecycle):
                     # counted once per message id, however often the batch is replayed
                     counts.append(Count(
                         d.message_id, d.received_at_ms,
-                        dict.fromkeys(arrival_scopes(d.skill_group, str(d.channel), tags), 1.0),
+                        dict.fromkeys(
+                            arrival_scopes(d.skill_group, str(d.channel), tags, d.room), 1.0),
                         dict.fromkeys(self._scopes(d.channel, d.skill_group, tags), 1.0),
                     ))
                     self.metrics.events.labels("routed", "ok").inc()

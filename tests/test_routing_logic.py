@@ -12,6 +12,7 @@ from omniroute.router.models import (
     Band,
     Channel,
     Customer,
+    Decision,
     Entry,
     EntryKind,
     Envelope,
@@ -107,6 +108,16 @@ def test_sticky_conversation_returns_to_its_group_and_agent(pipeline: Pipeline) 
     assert "sticky: conversation was served by payment" in d.explain
     emergency = pipeline.decide(env("我被打了"), 1, RedisFacts(sticky_group="payment"))
     assert emergency.skill_group == "emergency", "safety is never held back by stickiness"
+
+
+def test_a_live_room_question_names_its_room(pipeline: Pipeline) -> None:
+    """The SLA forecast counts questions per live room from the decision."""
+    live = env("多少钱", channel=Channel.LIVESTREAM, entry=Entry(EntryKind.LIVE_ROOM, "r9"))
+    assert pipeline.decide(live, 1).room == "r9"
+    assert Decision.from_json(pipeline.decide(live, 1).to_json()).room == "r9"
+    order = env("多少钱", entry=Entry(EntryKind.ORDER, "o1"))
+    assert pipeline.decide(order, 1).room is None
+    assert pipeline.decide(env("多少钱"), 1).room is None
 
 
 def test_every_decision_explains_itself(pipeline: Pipeline) -> None:

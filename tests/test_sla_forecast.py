@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -402,8 +403,9 @@ async def test_replayed_batch_is_counted_once(
     worker = SlaWorker(settings, CollectorRegistry(), FakeClock(), config=LIVE, redis=aredis,
                        tick_s=3600)
     batch: list[Decision] = [
-        decision(n, group=G, channel=Channel.LIVESTREAM, received_ms=T0_MS + 100 * n,
-                 tags=["payment.failed"]) for n in range(6)]
+        replace(decision(n, group=G, channel=Channel.LIVESTREAM, received_ms=T0_MS + 100 * n,
+                         tags=["payment.failed"]), room="r9" if n < 4 else None)
+        for n in range(6)]
     routed = settings.topic(topics.ROUTED)
     for d in batch:
         await producer.send(routed, d.to_json(), key=d.conversation_id.encode())
@@ -439,6 +441,7 @@ async def test_replayed_batch_is_counted_once(
     assert counts[f"a:group:{G}"] == 6
     assert counts["a:tag:payment"] == 6
     assert counts["a:tag:payment.failed"] == 6
+    assert counts["a:room:r9"] == 4  # the questions asked in the live room
     assert counts[f"s:group:{G}"] == 1
     heat = 3 * 0.5 + 4 * 1.0  # viewers x heat_per_viewer + gifts x heat_per_gift
     assert counts["heat:room:r9"] == pytest.approx(heat)
@@ -473,3 +476,32 @@ async def test_one_worker_evaluates_a_bucket(aredis: Redis, settings: Settings,
         assert (await a.state()).buckets_seen == 1  # released: nothing written
     finally:
         await other.aclose()
+
+
+def test_each_live_room_gets_its_question_rate_and_heat() -> None:
+    # two rooms feed the live-stream desk; the forecast names each with its questions
+    # and heat per minute now (short buckets), busiest first, in the group's forecast
+    # and in the evidence of its warning
+    fc = SurgeForecaster(config())
+    feed = Feed(fc)
+    load = GroupLoad(agents=4, slots=12)
+
+    def rooms(r1: float, r2: float, heat1: float) -> dict[str, float]:
+        return {**bucket(r1 + r2), "a:room:r1": r1 * 5, "a:room:r2": r2 * 5,
+                "heat:all": heat1 * 5, "heat:room:r1": heat1 * 5}
+
+    for _ in range(30):
+        feed.step(rooms(0.05, 0.05, 2.0), load)
+    for _ in range(4):  # room r2 takes off
+        feed.step(rooms(0.1, 1.0, 2.0), load)
+    f = feed.last[G]
+    assert f.rooms[0] == ("r2", 60.0, 0.0)
+    assert f.rooms[1] == ("r1", 6.0, 120.0)
+    warnings = [s for _, s in feed.signals if s["type"] == "surge.warning"]
+    assert warnings
+    evidence = warnings[0]["evidence"]
+    assert evidence["rooms"][0]["room"] == "r2"  # type: ignore[index]
+    # a group that takes no live-stream questions names no rooms
+    other = fc.evaluate(T0_MS, 0, [{"a:group:mail": 5.0, "a:gc:mail|email": 5.0,
+                                   "a:room:r1": 1.0}], {}, ForecastState())[2]
+    assert other["mail"].rooms == ()
