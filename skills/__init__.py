@@ -4,28 +4,9 @@ routing rules, skill groups.
 Imports no other package of omniroute and does no I/O beyond reading its configuration
 files. Its inputs are its own types (:mod:`skills.vocabulary`); the Redis side (queues,
 relaxation) is the router's.
+
+The package itself imports nothing: the message contracts in ``router`` build on
+:mod:`skills.vocabulary` and :mod:`skills.exceptions`, and an adapter that imports them
+must not load the tagger, its automaton and OpenCC. Import the modules
+(``skills.tagger``, ``skills.config``, ...) directly.
 """
-
-from .config import RoutingConfig, load_config
-from .groups import SkillGroup, SkillGroups
-from .priority import PriorityModel, PrioritySettings
-from .rules import Facts, Rule, RuleSet, When
-from .tagger import Tagger, TagResult
-from .taxonomy import Taxonomy, load_taxonomy
-
-__all__ = [
-    "Facts",
-    "PriorityModel",
-    "PrioritySettings",
-    "RoutingConfig",
-    "Rule",
-    "RuleSet",
-    "SkillGroup",
-    "SkillGroups",
-    "TagResult",
-    "Tagger",
-    "Taxonomy",
-    "When",
-    "load_config",
-    "load_taxonomy",
-]

@@ -54,3 +54,19 @@ def test_lint_imports_fails_on_a_new_arrow_into_the_root(tmp_path: Path) -> None
     broken = run()
     assert broken.returncode != 0
     assert "nothing imports the composition root BROKEN" in broken.stdout
+
+
+def test_the_channel_edge_does_not_load_the_decision_logic() -> None:
+    """Adapters import the contracts in router, which build on skills' vocabulary; the
+    tagger (its automaton, OpenCC) and the routing rules stay unloaded."""
+    code = (
+        "import sys\n"
+        "import omniroute.adapters.http, omniroute.adapters.wechat.adapter\n"
+        "import omniroute.adapters.email.smtp, omniroute.adapters.douyin.adapter\n"
+        "heavy = ('ahocorasick', 'opencc', 'omniroute.skills.tagger',\n"
+        "         'omniroute.skills.config', 'omniroute.skills.rules', 'omniroute.sla')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=Path("/")).stdout.strip()
+    assert out == "[]"
