@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
+import msgspec
 import orjson
 
 from ..skills.vocabulary import (
@@ -154,8 +155,8 @@ class Envelope:
         )
 
     def to_json(self) -> bytes:
-        """orjson bytes of this envelope."""
-        return orjson.dumps(self)
+        """JSON bytes of this envelope (see :data:`_ENCODER`)."""
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Envelope:
@@ -306,8 +307,8 @@ class Decision:
         )
 
     def to_json(self) -> bytes:
-        """orjson bytes of this decision."""
-        return orjson.dumps(self)
+        """JSON bytes of this decision (see :data:`_ENCODER`)."""
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Decision:
@@ -379,6 +380,11 @@ class Decision:
 
 _DECISION: Final = "decision"
 _CHANNELS: Final[dict[str, Channel]] = {c.value: c for c in Channel}
+#: Encodes envelopes and decisions: the same bytes as ``orjson.dumps`` of the
+#: dataclasses (field order, enum values, tuples as arrays, shortest float repr; a test
+#: holds the two equal), about 5x faster on a decision (1.5 against 7.3 us measured,
+#: docs: README "Benchmarks"). Everything else stays on orjson.
+_ENCODER: Final = msgspec.json.Encoder()
 _BANDS: Final[dict[str, Band]] = {b.value: b for b in Band}
 
 

@@ -142,3 +142,40 @@ def test_the_inlined_decode_agrees_on_combined_changes(changes: dict[str, object
     data = _full_envelope()
     data.update(changes)
     _decode_both_ways(data)
+
+
+def test_envelopes_and_decisions_encode_to_the_bytes_orjson_gives() -> None:
+    """to_json encodes with msgspec for speed; the wire format stays what orjson makes of
+    the dataclasses, byte for byte, over the bundled messages and every optional field."""
+    import time
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry
+
+    from omniroute.corpus import bundled_texts, demo_envelope
+    from omniroute.router.metrics import RouterMetrics
+    from omniroute.router.models import Attachment, Customer, Entry, EntryKind, Order
+    from omniroute.router.reload import PipelineHolder
+    from omniroute.router.settings import default_config_dir
+
+    now = int(time.time() * 1000)
+    texts = bundled_texts()
+    envs = [demo_envelope(i, texts[i % len(texts)], now) for i in range(len(texts))]
+    full = replace(
+        envs[0], sent_at_ms=now - 5, customer=Customer("c😀", "昵称\u200b", "vip"),
+        attachments=(Attachment("image", "ref-1", "照片.jpg", 12345),
+                     Attachment("file", "ref-2")),
+        entry=Entry(EntryKind.LIVE_ROOM, "room-1"), order=Order("o-1", 0.1 + 0.2),
+        hints=("1", "退款"), meta={"source": "bearer:x", "n": -(2**63)}, raw_ref="s3://b/k",
+    )
+    # the largest amount a valid envelope can carry; (only floats from 1e16 up would be
+    # written differently, 1e16 against orjson's 1e+16: the same JSON number)
+    envs += [full, replace(full, order=Order("o-2", 999_999_999_999.99)),
+             replace(full, text='"\\\n\t')]
+    for env in envs:
+        assert env.to_json() == orjson.dumps(env)
+    pipeline = PipelineHolder(default_config_dir(), RouterMetrics(CollectorRegistry()))()
+    decisions = [pipeline.decide(env, now) for env in envs]
+    assert any(t.evidence for d in decisions for t in d.tags)  # scores and evidence too
+    for d in decisions:
+        assert d.to_json() == orjson.dumps(d)
