@@ -229,6 +229,24 @@ def bench_tagger(
     typer.echo(orjson.dumps(result).decode())
 
 
+@app.command("bench-codec")
+def bench_codec(
+    messages: Annotated[int, typer.Option("--messages", "-n", min=100,
+                                          help="envelopes built from the bundled messages")
+                        ] = 2000,
+    config: ConfigDirOpt = None,
+) -> None:
+    """Per-message µs, one core: decode, decide and encode (shipped config and without
+    its model), and the codec candidates (msgspec vs orjson) on the same records."""
+    from .codec_bench import run_codec_bench
+
+    try:
+        result = run_codec_bench(config or default_config_dir(), messages)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    typer.echo(orjson.dumps(result).decode())
+
+
 @app.command()
 def coverage(
     csv_path: Annotated[Path, typer.Argument(help="labelled CSV (see docs/taxonomy.md)",

@@ -355,6 +355,20 @@ def test_bench_tagger_command_prints_its_figures() -> None:
     assert all(isinstance(v, float) and v > 0 for v in figures.values())
 
 
+def test_bench_codec_command_prints_its_figures() -> None:
+    """Figures, not speed: ``omniroute bench-codec`` runs and prints every figure."""
+    result = CliRunner().invoke(cli_app, ["bench-codec", "-n", "100"])
+    assert result.exit_code == 0, result.output
+    figures = orjson.loads(result.stdout)
+    assert set(figures) == {
+        "messages", "decode_us", "decode_msgspec_struct_us", "encode_decision_us",
+        "encode_decision_msgspec_us", "encode_decision_orjson_us", "decode_decide_encode_us",
+        "decode_decide_encode_keywords_only_us",
+    }
+    assert figures["messages"] == 100
+    assert all(isinstance(v, float) and v > 0 for v in figures.values())
+
+
 def test_bench_needs_texts() -> None:
     with pytest.raises(ValueError, match="at least one text"):
         run_tagger_bench([])
