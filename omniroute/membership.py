@@ -227,6 +227,21 @@ def _redis(url: str) -> Iterator[str]:
         yield server.url
 
 
+def run_settings(base: Settings, bootstrap: str, redis_url: str, tag: str,
+                 workdir: Path) -> Settings:
+    """The measurement's settings: ``base`` on its own broker, Redis, names and folder.
+
+    Typed fields, not the environment re-read: a JSON list variable in it
+    (``OMNI_INGEST_TOKENS``) would not be decoded as the environment's reader does.
+    """
+    return base.model_copy(update={
+        "kafka_bootstrap": bootstrap, "redis_url": redis_url,
+        "topic_prefix": f"m{tag}.", "redis_prefix": f"m{tag}",
+        "consumer_group": f"membership-{tag}", "topic_partitions": PARTITIONS,
+        "worker_data_dir": workdir,
+    })
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the measurement and print the figures as JSON."""
     parser = argparse.ArgumentParser(prog="python -m omniroute.membership",
@@ -239,14 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="omni-membership-"))
     with start_broker(log=base.tansu_log) as broker, _redis(base.redis_url) as redis_url:
-        overrides = {
-            "KAFKA_BOOTSTRAP": broker.url, "REDIS_URL": redis_url,
-            "OMNI_TOPIC_PREFIX": f"m{tag}.", "OMNI_REDIS_PREFIX": f"m{tag}",
-            "OMNI_CONSUMER_GROUP": f"membership-{tag}",
-            "OMNI_TOPIC_PARTITIONS": str(PARTITIONS),
-            "OMNI_WORKER_DATA_DIR": str(workdir),
-        }
-        settings = Settings.model_validate({**base.environ, **overrides})
+        settings = run_settings(base, broker.url, redis_url, tag, workdir)
         env = settings.child_environ()
         figures = asyncio.run(measure(settings, env, workdir, static=args.static))
     group = {k: v for k, v in settings.model_dump().items()

@@ -94,3 +94,20 @@ async def test_a_restarted_static_member_resumes_routing_within_its_timeouts(
                 assert stop_worker(worker) == 0, log.read_text()[-3000:]
     finally:
         r.close()
+
+
+def test_the_measurement_settings_keep_list_variables_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``python -m omniroute.membership`` derives its workers' settings from the
+    environment; a JSON list variable there (the ingest tokens) used to fail it."""
+    from omniroute.membership import PARTITIONS, run_settings
+
+    monkeypatch.setenv("OMNI_INGEST_TOKENS", '["tok-a", "tok-b"]')
+    s = run_settings(Settings(), "127.0.0.1:1", "redis://127.0.0.1:1/0", "t1", tmp_path)
+    assert [t.get_secret_value() for t in s.ingest_tokens] == ["tok-a", "tok-b"]
+    assert (s.kafka_bootstrap, s.topic_prefix, s.consumer_group, s.topic_partitions) == (
+        "127.0.0.1:1", "mt1.", "membership-t1", PARTITIONS)
+    env = s.child_environ()  # what its worker processes read
+    assert env["OMNI_TOPIC_PREFIX"] == "mt1."
+    assert env["OMNI_WORKER_DATA_DIR"] == str(tmp_path)
