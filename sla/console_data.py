@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -46,7 +47,7 @@ from .state import ConvState, SlaEngine
 from .surge import SurgeWindows
 from .timers import TimerStore
 
-__all__ = ["ConsoleFeed", "RoomEvent", "SnapshotBuilder", "sla_counts"]
+__all__ = ["ConsoleFeed", "RoomEvent", "SnapshotBuilder", "forecast_banner", "sla_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +255,13 @@ class SnapshotBuilder:
         """Read everything now (uncached)."""
         sla = await self._sla_counts(now_ms)
         active = {scope for scope, st in (await self.surge.states()).items() if st.active}
+        groups = await self._groups(now_ms, sla)
+        banner = self._banner(now_ms, active)
         return {
             "at_ms": now_ms,
-            "groups": await self._groups(now_ms, sla),
+            "groups": groups,
             "rooms": self._rooms(now_ms),
-            "banner": self._banner(now_ms, active),
+            "banner": banner + forecast_banner(groups, banner),
             "decisions": [_decision(d) for d in self.feed.latest_decisions()],
             "feed": {"connected": self.feed.connected, "records": self.feed.records,
                      "invalid": self.feed.invalid},
@@ -393,6 +396,42 @@ class SnapshotBuilder:
                             "predicted_breach_in_s": s.predicted_breach_in_s,
                             "predicted_wait_s": s.predicted_wait_s, "cause": s.cause})
         return out
+
+
+def forecast_banner(groups: list[dict[str, Any]],
+                    banner: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One banner row for the groups whose latest forecast predicts a breach (or a
+    queue that never drains) with no ``surge.warning`` on the board: the forecast warns
+    only once warmed up and with enough traffic, but the floor must not read "all
+    normal" while a desk with a queue has nobody to take it. The row names the groups,
+    soonest breach first, the soonest breach, and the agents to add over all of them
+    (the table has each group's figures)."""
+    warned = {b["scope"] for b in banner if b["kind"] == "forecast"}
+    due: list[tuple[float, str, dict[str, Any], dict[str, Any]]] = []
+    for g in groups:
+        f = g.get("forecast")
+        if f is None or f.get("source") != "forecast" or f"group:{g['group']}" in warned:
+            continue
+        breach = f.get("predicted_breach_in_s")
+        if breach is None and not (f.get("unbounded") and g["depth"] > 0):
+            continue
+        due.append((math.inf if breach is None else breach, g["group"], g, f))
+    if not due:
+        return []
+    due.sort(key=lambda x: (x[0], x[1]))
+    names = [name for _, name, _, _ in due]
+    shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    _, _, _, first = due[0]
+    return [{
+        "kind": "forecast", "scope": f"group:{shown}", "groups": names, "source": "forecast",
+        **_advice(None), "at_ms": first.get("at_ms"),
+        "extra_agents": sum(int(f.get("extra_agents") or 0) for *_, f in due),
+        "staffed_agents": sum(int(g["agents"]) for _, _, g, _ in due),
+        "staffed_slots": sum(int(g["slots"]) for _, _, g, _ in due),
+        "required_slots": None, "staffing_reserve": None, "agents_needed": None,
+        "predicted_breach_in_s": first.get("predicted_breach_in_s"),
+        "predicted_wait_s": first.get("predicted_wait_s"), "cause": first.get("cause"),
+    }]
 
 
 def _advice(s: SurgeSignal | None) -> dict[str, Any]:

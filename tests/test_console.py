@@ -348,3 +348,38 @@ async def test_without_sla_config_the_console_stays_out_of_the_way(
     async with TestClient(TestServer(app)) as tc:
         assert (await tc.get("/console/api/snapshot", headers=_bearer(VIEWER))).status == 404
         assert (await tc.get("/healthz")).status == 200  # the rest of the app serves
+
+
+def test_the_banner_names_a_forecast_breach_that_no_warning_has_announced() -> None:
+    """The forecast warns only once warmed up and with enough traffic; a desk whose
+    latest forecast says breach (or a queue that never drains) is still on the banner,
+    so the floor never reads "all normal" next to an unbounded wait."""
+    from omniroute.sla.console_data import forecast_banner
+
+    def row(group: str, depth: int, forecast: dict[str, object] | None) -> dict[str, object]:
+        return {"group": group, "depth": depth, "agents": 1, "slots": 3, "forecast": forecast}
+
+    def fc(breach: float | None, wait: float | None, source: str = "forecast"
+           ) -> dict[str, object]:
+        return {"predicted_breach_in_s": breach, "predicted_wait_s": wait,
+                "unbounded": wait is None, "extra_agents": 4, "cause": "backlog",
+                "at_ms": 1, "source": source}
+
+    groups = [
+        row("a", 3, fc(40.0, 90.0)),  # breach in 40 s
+        row("b", 5, fc(None, None)),  # nobody to take a queue: never drains
+        row("c", 0, fc(None, None)),  # no queue, no arrivals: nothing to say
+        row("d", 2, fc(None, 12.0)),  # holds
+        row("e", 2, fc(30.0, 80.0, "surge.warning")),  # announced: its own banner row
+        row("f", 2, fc(30.0, 80.0)),  # already warned (below)
+        row("g", 2, None),
+    ]
+    [shown] = forecast_banner(groups, [{"kind": "forecast", "scope": "group:f"}])
+    # one row: the groups soonest breach first, the soonest breach, the agents to add
+    assert (shown["kind"], shown["scope"], shown["groups"]) == (
+        "forecast", "group:a, b", ["a", "b"])
+    assert (shown["predicted_breach_in_s"], shown["extra_agents"], shown["staffed_slots"]) == (
+        40.0, 8, 6)
+    assert forecast_banner([groups[2], groups[3], groups[6]], []) == []
+    many = [row(f"g{i}", 1, fc(float(10 - i), 50.0)) for i in range(5)]
+    assert forecast_banner(many, [])[0]["scope"] == "group:g4, g3, g2 +2"
