@@ -365,7 +365,7 @@ class _Lanes:
     ``[64 i, 64 i + 64)``; negative lane values borrow from the lane above, and adding
     ``_OFFSET`` to every lane at decoding undoes that exactly, as long as each lane's
     sum stays below 2**62 in magnitude (model files keep 6 decimals, so the packed sums
-    are the exact sums of the file's weights). Bits above the lanes hold a unique id.
+    are the exact sums of the file's weights).
     """
 
     SCALE: Final = 1_000_000
@@ -374,20 +374,18 @@ class _Lanes:
     _MASK: Final = (1 << 64) - 1
 
     def __init__(self, count: int) -> None:
-        self.count = count
         self._shifts = tuple(i * self.BITS for i in range(count))
         self._offsets = sum(self._OFFSET << s for s in self._shifts)
-        self._top = count * self.BITS
 
-    def pack(self, weights: Sequence[float], ident: int) -> int:
-        """One n-gram's weights (one per category, in order) and its unique id."""
-        packed = ident << self._top
+    def pack(self, weights: Sequence[float]) -> int:
+        """One n-gram's weights (one per category, in order)."""
+        packed = 0
         for shift, w in zip(self._shifts, weights, strict=True):
             packed += round(w * self.SCALE) << shift
         return packed
 
     def unpack(self, total: int) -> list[float]:
-        """Per-category sums of packed weights (the id bits are ignored)."""
+        """Per-category sums of packed weights."""
         total += self._offsets
         mask, offset, scale = self._MASK, self._OFFSET, self.SCALE
         return [(((total >> s) & mask) - offset) / scale for s in self._shifts]
@@ -425,7 +423,7 @@ class _Scorer:
         self._kw = {k: tuple(v) for k, v in kw.items()}
         self._lanes = lanes = _Lanes(len(self._cats))
         #: the biases, packed like n-gram weights: the sum starts from them
-        self._bias = lanes.pack([model.categories[c].bias for c in self._cats], 0)
+        self._bias = lanes.pack([model.categories[c].bias for c in self._cats])
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
         self.packed: dict[str, _Gram] = {}
         #: single characters -> packed weights (summed per character of the message)
@@ -433,9 +431,9 @@ class _Scorer:
         #: per category: n-gram -> (weight, n-gram, as named in a tag's
         #: evidence), positive weights only
         self._positive: list[dict[str, tuple[float, str, _Named]]] = [{} for _ in self._cats]
-        for ident, (gram, ws) in enumerate(sorted(model.ngrams.items()), start=1):
+        for gram, ws in sorted(model.ngrams.items()):
             dense = [ws.get(c, 0.0) for c in self._cats]
-            weighted = _Gram(lanes.pack(dense, ident), gram)
+            weighted = _Gram(lanes.pack(dense), gram)
             (self._unigram if len(gram) == 1 else self.packed)[gram] = weighted
             for i, w in enumerate(dense):
                 if w > 0:
