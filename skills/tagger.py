@@ -365,7 +365,9 @@ class _Lanes:
     ``[64 i, 64 i + 64)``; negative lane values borrow from the lane above, and adding
     ``_OFFSET`` to every lane at decoding undoes that exactly, as long as each lane's
     sum stays below 2**62 in magnitude (model files keep 6 decimals, so the packed sums
-    are the exact sums of the file's weights).
+    are the exact sums of the file's weights). After that addition a lane's bit 62 is
+    set exactly when its sum is >= 0, so one ``&`` tells which categories cleared
+    their thresholds (packed negated) without decoding any lane.
     """
 
     SCALE: Final = 1_000_000
@@ -375,55 +377,67 @@ class _Lanes:
 
     def __init__(self, count: int) -> None:
         self._shifts = tuple(i * self.BITS for i in range(count))
-        self._offsets = sum(self._OFFSET << s for s in self._shifts)
+        self.offsets = sum(self._OFFSET << s for s in self._shifts)
+        #: bit 62 of every lane: set after ``+ offsets`` where the lane's sum is >= 0
+        self.signs = self.offsets
 
     def pack(self, weights: Sequence[float]) -> int:
         """One n-gram's weights (one per category, in order)."""
+        return self.pack_ints([round(w * self.SCALE) for w in weights])
+
+    def pack_ints(self, values: Sequence[int]) -> int:
+        """Fixed-point lane values, already scaled."""
         packed = 0
-        for shift, w in zip(self._shifts, weights, strict=True):
-            packed += round(w * self.SCALE) << shift
+        for shift, v in zip(self._shifts, values, strict=True):
+            packed += v << shift
         return packed
 
-    def unpack(self, total: int) -> list[float]:
-        """Per-category sums of packed weights."""
-        total += self._offsets
-        mask, offset, scale = self._MASK, self._OFFSET, self.SCALE
-        return [(((total >> s) & mask) - offset) / scale for s in self._shifts]
+    def lane(self, offset_total: int, index: int) -> int:
+        """Lane ``index`` of a sum that already has ``offsets`` added, scaled."""
+        return ((offset_total >> self._shifts[index]) & self._MASK) - self._OFFSET
+
+    def fired(self, offset_total: int) -> list[int]:
+        """Indexes of the lanes whose sum is >= 0 (``offsets`` already added)."""
+        bits = offset_total & self.signs
+        found = []
+        while bits:
+            low = bits & -bits
+            found.append((low.bit_length() - 1) // self.BITS)
+            bits ^= low
+        return found
 
 
 class _Scorer:
-    """The compiled model: per-category bias, cut-off and keyword weights, by index."""
+    """The compiled model: per-category bias, cut-off and keyword weights, by index.
 
-    __slots__ = (
-        "_bias",
-        "_cats",
-        "_cut",
-        "_final",
-        "_kw",
-        "_lanes",
-        "_leaf",
-        "_positive",
-        "_unigram",
-        "packed",
-    )
+    Everything that moves a score is packed (see _Lanes): the bias less the cut-off
+    (so a category fires when its lane is >= 0), each n-gram's weights, and the
+    weights of "keywords of category K fired" per K. A message's decision is then a
+    ``sum`` over its hits and one ``&``; only the categories that fire are decoded.
+    """
+
+    __slots__ = ("_base", "_cats", "_cut", "_final", "_kw", "_lanes", "_leaf", "_positive",
+                 "_unigram", "packed")
 
     def __init__(self, taxonomy: Taxonomy, model: TagModel) -> None:
         issue = taxonomy.issue_categories()
         model.check_against(issue, "tag model")
         self._cats = tuple(model.categories)
-        index = {c: i for i, c in enumerate(self._cats)}
-        self._cut = [model.categories[c].threshold_logit for c in self._cats]
-        self._final = frozenset(model.keyword_final)
+        self._final = {c: i for i, c in enumerate(self._cats) if c in model.keyword_final}
         self._leaf = [f"{c}.{taxonomy.categories[c].model_leaf_or_first()}" for c in self._cats]
-        kw: dict[str, list[tuple[int, float]]] = {}
-        for c in self._cats:
-            for k, w in model.categories[c].keyword_weights.items():
-                if w:
-                    kw.setdefault(k, []).append((index[c], w))
-        self._kw = {k: tuple(v) for k, v in kw.items()}
         self._lanes = lanes = _Lanes(len(self._cats))
-        #: the biases, packed like n-gram weights: the sum starts from them
-        self._bias = lanes.pack([model.categories[c].bias for c in self._cats])
+        scale = lanes.SCALE
+        # score >= cut  <=>  score * SCALE >= ceil(cut * SCALE), the score being a sum of
+        # 6-decimal numbers and so an exact integer once scaled
+        self._cut = [math.ceil(model.categories[c].threshold_logit * scale) for c in self._cats]
+        bias = [round(model.categories[c].bias * scale) for c in self._cats]
+        self._base = lanes.pack_ints([b - c for b, c in zip(bias, self._cut, strict=True)])
+        kw: dict[str, list[float]] = {}
+        for i, c in enumerate(self._cats):
+            for k, w in model.categories[c].keyword_weights.items():
+                kw.setdefault(k, [0.0] * len(self._cats))[i] = w
+        #: keyword category -> the packed weights of "its keywords fired"
+        self._kw = {k: lanes.pack(ws) for k, ws in kw.items()}
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
         self.packed: dict[str, _Gram] = {}
         #: single characters -> packed weights (summed per character of the message)
@@ -441,24 +455,32 @@ class _Scorer:
                     self._positive[i][gram] = (w, gram, named)
 
     def decide(
-        self, hits: dict[tuple[bool, str], list[_Target]] | None, norm: str, grams: list[_Gram]
+        self,
+        hits: dict[tuple[bool, str], list[_Target]] | None,
+        norm: str,
+        grams: list[_Gram],
     ) -> TagResult:
         """Keyword hits plus n-gram weights -> the tags the model keeps, drops or adds."""
+        lanes = self._lanes
         grams.extend(filter(None, map(self._unigram.get, norm)))
-        scores = self._lanes.unpack(sum(map(_PACKED, grams), self._bias))
+        total = sum(map(_PACKED, grams), self._base + lanes.offsets)
         keyword_cats: set[str] = set()
         if hits is not None:
             for is_emotion, tag_id in hits:
                 if not is_emotion:
                     keyword_cats.add(tag_id.partition(".")[0])
+            kw = self._kw
             for cat in keyword_cats:
-                for i, w in self._kw.get(cat, ()):
-                    scores[i] += w
-        fired = {
-            cat: i
-            for i, (cat, score, cut) in enumerate(zip(self._cats, scores, self._cut, strict=True))
-            if score >= cut or (cat in self._final and cat in keyword_cats)
-        }
+                total += kw.get(cat, 0)
+        fired = {self._cats[i]: i for i in lanes.fired(total)}
+        for cat in keyword_cats:
+            i = self._final.get(cat)
+            if i is not None:
+                fired[cat] = i  # keyword evidence of this category is never out-voted
+        if not fired and hits is None:
+            return EMPTY
+        probs = {i: _prob((lanes.lane(total, i) + self._cut[i]) / lanes.SCALE)
+                 for i in fired.values()}
         evidence: dict[int, tuple[tuple[str, float], ...]] = {}
         tags: list[TagHit] = []
         emotions: list[TagHit] = []
@@ -480,10 +502,10 @@ class _Scorer:
                 covered.add(cat)
                 if i not in evidence:
                     evidence[i] = self._evidence(i, grams)
-                tags.append(TagHit(hit.id, hit.keywords, _prob(scores[i]), evidence[i]))
+                tags.append(TagHit(hit.id, hit.keywords, probs[i], evidence[i]))
         for cat, i in fired.items():
             if cat not in covered:
-                tags.append(TagHit(self._leaf[i], (), _prob(scores[i]), self._evidence(i, grams)))
+                tags.append(TagHit(self._leaf[i], (), probs[i], self._evidence(i, grams)))
         if not tags and not emotions:
             return EMPTY
         tags.sort(key=lambda t: t.id)
