@@ -63,6 +63,11 @@ class TagModel:
         keyword_final: Categories whose keyword evidence is never out-voted.
         digest: sha256 prefix of the file, shown as part of the config version.
         meta: How the model was trained (data files and their hashes, seed, figures).
+        keyword_margin: How far (in log-odds) below its threshold a category's score
+            must fall for the model to drop that category's keyword tags. 0 lets the
+            model veto a keyword as soon as it would not add the category itself; a
+            larger margin trusts keywords more on text unlike the training data
+            (``omniroute train`` chooses it on sources the model was not fitted on).
     """
 
     categories: Mapping[str, CategoryModel]
@@ -70,6 +75,7 @@ class TagModel:
     keyword_final: frozenset[str]
     digest: str
     meta: Mapping[str, Any]
+    keyword_margin: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -93,6 +99,7 @@ class TagModel:
             "format": MODEL_FORMAT,
             "meta": self.meta,
             "keyword_final": sorted(self.keyword_final),
+            "keyword_margin": round(self.keyword_margin, 6),
             "categories": {
                 cid: {
                     "bias": round(c.bias, 6),
@@ -181,6 +188,9 @@ def load_tag_model(path: Path) -> TagModel:
     final = data.get("keyword_final", [])
     if not isinstance(final, list) or not all(isinstance(x, str) for x in final):
         raise _fail(path, "'keyword_final' must be a list of category ids")
+    margin = _number(data.get("keyword_margin", 0.0), path, "keyword_margin")
+    if margin < 0:
+        raise _fail(path, f"'keyword_margin' must be >= 0, got {margin}")
     meta = data.get("meta", {})
     return TagModel(
         categories=categories,
@@ -188,4 +198,5 @@ def load_tag_model(path: Path) -> TagModel:
         keyword_final=frozenset(final),
         digest=hashlib.sha256(raw).hexdigest()[:12],
         meta=meta if isinstance(meta, dict) else {},
+        keyword_margin=margin,
     )

@@ -392,6 +392,10 @@ class _Lanes:
             packed += v << shift
         return packed
 
+    def shift(self, index: int) -> int:
+        """Where lane ``index`` starts."""
+        return self._shifts[index]
+
     def lane(self, offset_total: int, index: int) -> int:
         """Lane ``index`` of a sum that already has ``offsets`` added, scaled."""
         return ((offset_total >> self._shifts[index]) & self._MASK) - self._OFFSET
@@ -412,12 +416,15 @@ class _Scorer:
 
     Everything that moves a score is packed (see _Lanes): the bias less the cut-off
     (so a category fires when its lane is >= 0), each n-gram's weights, and the
-    weights of "keywords of category K fired" per K. A message's decision is then a
-    ``sum`` over its hits and one ``&``; only the categories that fire are decoded.
+    weights of "keywords of category K fired" per K, which also carry the model's
+    keyword margin in K's own lane (a keyword tag is dropped only when the score is
+    below the cut-off by more than the margin). A message's decision is then a
+    ``sum`` over its hits and one ``&``; only the categories that fire are decoded,
+    and their reported probability leaves the margin out.
     """
 
-    __slots__ = ("_base", "_cats", "_cut", "_final", "_kw", "_lanes", "_leaf", "_positive",
-                 "_unigram", "packed")
+    __slots__ = ("_base", "_cats", "_cut", "_final", "_kw", "_lanes", "_leaf", "_margin",
+                 "_positive", "_unigram", "packed")
 
     def __init__(self, taxonomy: Taxonomy, model: TagModel) -> None:
         issue = taxonomy.issue_categories()
@@ -436,8 +443,17 @@ class _Scorer:
         for i, c in enumerate(self._cats):
             for k, w in model.categories[c].keyword_weights.items():
                 kw.setdefault(k, [0.0] * len(self._cats))[i] = w
-        #: keyword category -> the packed weights of "its keywords fired"
-        self._kw = {k: lanes.pack(ws) for k, ws in kw.items()}
+        #: the keyword margin, scaled: a category's own keywords lower its bar by it
+        self._margin = round(model.keyword_margin * scale)
+        for c in self._cats:
+            kw.setdefault(c, [0.0] * len(self._cats))
+        #: keyword category -> the packed weights of "its keywords fired", plus the
+        #: margin in its own lane (taken out again where a score is reported)
+        self._kw = {
+            k: lanes.pack(ws) + (self._margin << lanes.shift(self._cats.index(k))
+                                 if k in self._cats else 0)
+            for k, ws in kw.items()
+        }
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
         self.packed: dict[str, _Gram] = {}
         #: single characters -> packed weights (summed per character of the message)
@@ -479,8 +495,11 @@ class _Scorer:
                 fired[cat] = i  # keyword evidence of this category is never out-voted
         if not fired and hits is None:
             return EMPTY
-        probs = {i: _prob((lanes.lane(total, i) + self._cut[i]) / lanes.SCALE)
-                 for i in fired.values()}
+        probs = {
+            i: _prob((lanes.lane(total, i) + self._cut[i]
+                      - (self._margin if cat in keyword_cats else 0)) / lanes.SCALE)
+            for cat, i in fired.items()
+        }
         evidence: dict[int, tuple[tuple[str, float], ...]] = {}
         tags: list[TagHit] = []
         emotions: list[TagHit] = []
