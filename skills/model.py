@@ -40,11 +40,17 @@ class CategoryModel:
         bias: The intercept (log-odds with no evidence).
         threshold: Decision threshold on the probability, chosen on the dev split.
         keyword_weights: Weight of "keywords of category K fired", per K.
+        keyword_margin: How far (in log-odds) below the threshold the score must fall
+            for the model to drop this category's keyword tags. 0 lets the model veto a
+            keyword as soon as it would not add the category itself; a larger margin
+            trusts the keywords more on text unlike the training data (``omniroute
+            train`` chooses it on a source the model was not fitted on).
     """
 
     bias: float
     threshold: float
     keyword_weights: Mapping[str, float]
+    keyword_margin: float = 0.0
 
     @property
     def threshold_logit(self) -> float:
@@ -63,11 +69,6 @@ class TagModel:
         keyword_final: Categories whose keyword evidence is never out-voted.
         digest: sha256 prefix of the file, shown as part of the config version.
         meta: How the model was trained (data files and their hashes, seed, figures).
-        keyword_margin: How far (in log-odds) below its threshold a category's score
-            must fall for the model to drop that category's keyword tags. 0 lets the
-            model veto a keyword as soon as it would not add the category itself; a
-            larger margin trusts keywords more on text unlike the training data
-            (``omniroute train`` chooses it on sources the model was not fitted on).
     """
 
     categories: Mapping[str, CategoryModel]
@@ -75,7 +76,6 @@ class TagModel:
     keyword_final: frozenset[str]
     digest: str
     meta: Mapping[str, Any]
-    keyword_margin: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -99,7 +99,6 @@ class TagModel:
             "format": MODEL_FORMAT,
             "meta": self.meta,
             "keyword_final": sorted(self.keyword_final),
-            "keyword_margin": round(self.keyword_margin, 6),
             "categories": {
                 cid: {
                     "bias": round(c.bias, 6),
@@ -107,6 +106,7 @@ class TagModel:
                     "keyword_weights": {
                         k: round(w, 6) for k, w in sorted(c.keyword_weights.items())
                     },
+                    "keyword_margin": round(c.keyword_margin, 6),
                 }
                 for cid, c in self.categories.items()
             },
@@ -164,6 +164,9 @@ def load_tag_model(path: Path) -> TagModel:
         threshold = _number(c.get("threshold"), path, f"categories.{cid}.threshold")
         if not 0 < threshold < 1:
             raise _fail(path, f"categories.{cid}.threshold must be in (0, 1), got {threshold}")
+        margin = _number(c.get("keyword_margin", 0.0), path, f"categories.{cid}.keyword_margin")
+        if margin < 0:
+            raise _fail(path, f"categories.{cid}.keyword_margin must be >= 0, got {margin}")
         kw = c.get("keyword_weights", {})
         if not isinstance(kw, dict):
             raise _fail(path, f"categories.{cid}.keyword_weights must be a mapping")
@@ -173,6 +176,7 @@ def load_tag_model(path: Path) -> TagModel:
             keyword_weights={
                 k: _number(w, path, f"categories.{cid}.keyword_weights.{k}") for k, w in kw.items()
             },
+            keyword_margin=margin,
         )
     grams_raw = data.get("ngrams")
     if not isinstance(grams_raw, dict):
@@ -188,9 +192,6 @@ def load_tag_model(path: Path) -> TagModel:
     final = data.get("keyword_final", [])
     if not isinstance(final, list) or not all(isinstance(x, str) for x in final):
         raise _fail(path, "'keyword_final' must be a list of category ids")
-    margin = _number(data.get("keyword_margin", 0.0), path, "keyword_margin")
-    if margin < 0:
-        raise _fail(path, f"'keyword_margin' must be >= 0, got {margin}")
     meta = data.get("meta", {})
     return TagModel(
         categories=categories,
@@ -198,5 +199,4 @@ def load_tag_model(path: Path) -> TagModel:
         keyword_final=frozenset(final),
         digest=hashlib.sha256(raw).hexdigest()[:12],
         meta=meta if isinstance(meta, dict) else {},
-        keyword_margin=margin,
     )

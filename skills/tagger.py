@@ -392,9 +392,9 @@ class _Lanes:
             packed += v << shift
         return packed
 
-    def shift(self, index: int) -> int:
-        """Where lane ``index`` starts."""
-        return self._shifts[index]
+    def pack_one(self, value: int, index: int) -> int:
+        """A scaled value in lane ``index`` alone."""
+        return value << self._shifts[index]
 
     def lane(self, offset_total: int, index: int) -> int:
         """Lane ``index`` of a sum that already has ``offsets`` added, scaled."""
@@ -443,15 +443,15 @@ class _Scorer:
         for i, c in enumerate(self._cats):
             for k, w in model.categories[c].keyword_weights.items():
                 kw.setdefault(k, [0.0] * len(self._cats))[i] = w
-        #: the keyword margin, scaled: a category's own keywords lower its bar by it
-        self._margin = round(model.keyword_margin * scale)
+        #: each category's keyword margin, scaled: its own keywords lower its bar by it
+        self._margin = [round(model.categories[c].keyword_margin * scale) for c in self._cats]
         for c in self._cats:
             kw.setdefault(c, [0.0] * len(self._cats))
-        #: keyword category -> the packed weights of "its keywords fired", plus the
+        #: keyword category -> the packed weights of "its keywords fired", plus its
         #: margin in its own lane (taken out again where a score is reported)
         self._kw = {
-            k: lanes.pack(ws) + (self._margin << lanes.shift(self._cats.index(k))
-                                 if k in self._cats else 0)
+            k: lanes.pack(ws) + (lanes.pack_one(self._margin[self._cats.index(k)],
+                                                self._cats.index(k)) if k in self._cats else 0)
             for k, ws in kw.items()
         }
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
@@ -497,7 +497,7 @@ class _Scorer:
             return EMPTY
         probs = {
             i: _prob((lanes.lane(total, i) + self._cut[i]
-                      - (self._margin if cat in keyword_cats else 0)) / lanes.SCALE)
+                      - (self._margin[i] if cat in keyword_cats else 0)) / lanes.SCALE)
             for cat, i in fired.items()
         }
         evidence: dict[int, tuple[tuple[str, float], ...]] = {}

@@ -66,18 +66,22 @@ def test_the_model_outvotes_a_keyword_but_never_safety_or_legal(taxonomy: Taxono
 def test_the_keyword_margin_keeps_a_keyword_tag_close_to_the_cut(taxonomy: Taxonomy) -> None:
     # score = bias -1.5 (p 0.18 < 0.5): with no margin the model drops the keyword tag;
     # a margin of 2 keeps it (the score is within 2 of the cut 0) and reports the model's
-    # own probability; the margin never adds a category whose keywords did not fire.
-    bias = {"quality": -1.5, "logistics": -1.5}
-    cats = {c: CategoryModel(b, 0.5, {}) for c, b in bias.items()}
-    strict = TagModel(cats, {}, frozenset(), "x", {})
-    lenient = TagModel(cats, {}, frozenset(), "x", {}, keyword_margin=2.0)
-    narrow = TagModel(cats, {}, frozenset(), "x", {}, keyword_margin=1.0)
-    assert Tagger(taxonomy, strict).tag("太难吃了").tags == ()
-    assert Tagger(taxonomy, narrow).tag("太难吃了").tags == ()
-    (hit,) = Tagger(taxonomy, lenient).tag("太难吃了").tags
+    # own probability; the margin never adds a category whose keywords did not fire, and
+    # it is per category.
+    def model(quality: float, logistics: float) -> TagModel:
+        cats = {"quality": CategoryModel(-1.5, 0.5, {}, quality),
+                "logistics": CategoryModel(-1.5, 0.5, {}, logistics)}
+        return TagModel(cats, {}, frozenset(), "x", {})
+
+    assert Tagger(taxonomy, model(0.0, 9.0)).tag("太难吃了").tags == ()
+    assert Tagger(taxonomy, model(1.0, 9.0)).tag("太难吃了").tags == ()
+    lenient = Tagger(taxonomy, model(2.0, 0.0))
+    (hit,) = lenient.tag("太难吃了").tags
     assert hit.id == "quality.taste"
     assert hit.score == round(1 / (1 + math.exp(1.5)), 3)
-    assert Tagger(taxonomy, lenient).tag("今天天气不错").tags == ()
+    assert lenient.tag("今天天气不错").tags == ()
+    assert Tagger(taxonomy).tag("外卖送餐慢").tag_ids == ("logistics.delay",)
+    assert lenient.tag("外卖送餐慢").tags == ()  # logistics has no margin here
 
 
 def test_keyword_evidence_counts_through_its_weight(taxonomy: Taxonomy) -> None:
@@ -121,7 +125,6 @@ def test_dumps_round_trips_and_is_one_ngram_per_line(tmp_path: Path) -> None:
     again = load_tag_model(path)
     assert again.categories == model.categories
     assert again.ngrams == model.ngrams
-    assert again.keyword_margin == model.keyword_margin
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[1:3] == ['"咸": {"quality": 2.0},', '"送达": {"logistics": 1.5}']
 
@@ -134,7 +137,8 @@ def test_dumps_round_trips_and_is_one_ngram_per_line(tmp_path: Path) -> None:
         (lambda t: t.replace('"threshold": 0.5', '"threshold": 1.5', 1), "must be in (0, 1)"),
         (lambda t: t.replace('"bias": -1.25', '"bias": "x"', 1), "bias must be a finite number"),
         (lambda t: t.replace('{"quality": 2.0}', '{"weather": 2.0}'), "unknown category 'weather'"),
-        (lambda t: t.replace('"keyword_margin": 0.0', '"keyword_margin": -1'), "must be >= 0"),
+        (lambda t: t.replace('"keyword_margin": 0.0', '"keyword_margin": -1', 1),
+         "keyword_margin must be >= 0"),
     ],
 )
 def test_bad_model_files_are_refused_with_the_file_named(
@@ -213,12 +217,12 @@ def test_shipped_model_scores_equal_a_float_reference(taxonomy: Taxonomy) -> Non
         keyword_cats = {t.id.partition(".")[0] for t in keywords_only.tag(text).tags}
         ref = _reference_scores(model, keyword_cats, norm)
         cuts = {c: p.threshold_logit for c, p in model.categories.items()}
-        margin = model.keyword_margin
         expected = {
             c
             for c, s in ref.items()
             if s >= cuts[c]
-            or (c in keyword_cats and (c in model.keyword_final or s + margin >= cuts[c]))
+            or (c in keyword_cats and (c in model.keyword_final
+                                       or s + model.categories[c].keyword_margin >= cuts[c]))
         }
         got = {t.id.partition(".")[0]: t for t in tagger.tag(text).tags}
         assert {c for c in got if c in model.categories} == expected, text[:40]
