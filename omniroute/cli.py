@@ -70,6 +70,11 @@ def _fail(exc: OmniError, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _usage(message: str) -> typer.BadParameter:
+    """A wrong combination of options: exit 2 with the message, as click does."""
+    return typer.BadParameter(message)
+
+
 @config_app.command("check")
 def config_check(
     directory: Annotated[Path, typer.Argument(help="configuration directory")] = Path("config"),
@@ -327,26 +332,64 @@ def eval_(
     config: ConfigDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON report per file")] = False,
     worst: Annotated[int, typer.Option(help="how many worst examples to show", min=0)] = 10,
+    keywords_only: Annotated[bool, typer.Option(
+        "--keywords-only", help="leave the learned model out")] = False,
+    model: Annotated[Path | None, typer.Option(
+        help="score with this model file instead of the configuration's")] = None,
+    held_out: Annotated[bool, typer.Option(
+        "--held-out", help="per FILE, fit a model on its train split alone (the "
+        "configuration's keyword margins) and score it on the OTHER files: how the "
+        "recipe does on a source it never saw; needs the train extra")] = False,
 ) -> None:
     """Tagging accuracy per category on labelled messages (see docs/labelling.md)."""
-    from .evaluate import evaluate, read_labelled, render
+    from .evaluate import Report, evaluate, read_labelled, render
     from .skills.config import load_config
+    from .skills.model import load_tag_model
     from .skills.tagger import Tagger
 
+    def emit(report: Report) -> None:
+        if as_json:
+            sys.stdout.buffer.write(report.to_json() + b"\n")
+        else:
+            for line in render(report):
+                typer.echo(line)
+
+    if sum((keywords_only, model is not None, held_out)) > 1:
+        raise _usage("--keywords-only, --model and --held-out exclude each other")
     try:
         cfg = load_config(config or default_config_dir())
-        tagger = Tagger(cfg.taxonomy, cfg.model)
+        chosen = None if keywords_only else cfg.model
+        version = cfg.version + (" keywords only" if keywords_only else "")
+        if model is not None:
+            chosen = load_tag_model(model)
+            version = f"{cfg.version} with model sha256:{chosen.digest}"
+        if held_out:
+            if len(files) < 2:
+                raise _usage("--held-out needs two or more files (one to fit, others to score)")
+            from .train import held_out_models
+
+            fitted = held_out_models(files, cfg.taxonomy, cfg.model)
+            for source, fitted_model in fitted.items():
+                tagger = Tagger(cfg.taxonomy, fitted_model)
+                for path in files:
+                    if path == source:
+                        continue
+                    report = evaluate(tagger, read_labelled(path, split),
+                                      file=f"{path} (model fitted on {source.name} alone)",
+                                      split=split, worst=worst,
+                                      config_version=f"model sha256:{fitted_model.digest}")
+                    emit(report)
+            return
+        tagger = Tagger(cfg.taxonomy, chosen)
         for path in files:
             examples = read_labelled(path, split)
-            report = evaluate(tagger, examples, file=str(path), split=split,
-                              config_version=cfg.version, worst=worst)
-            if as_json:
-                sys.stdout.buffer.write(report.to_json() + b"\n")
-            else:
-                for line in render(report):
-                    typer.echo(line)
+            emit(evaluate(tagger, examples, file=str(path), split=split,
+                          config_version=version, worst=worst))
     except ConfigError as exc:
         raise _fail(exc) from None
+    except ImportError as exc:
+        err.print(f"[red]--held-out trains models: pip install 'omniroute[train]' ({exc})")
+        raise typer.Exit(2) from None
 
 
 @app.command()

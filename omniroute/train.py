@@ -28,7 +28,7 @@ from .skills.normalize import default_normalizer
 from .skills.tagger import Tagger
 from .skills.taxonomy import Taxonomy
 
-__all__ = ["MARGIN_GRID", "TrainOptions", "choose_keyword_margins", "train"]
+__all__ = ["MARGIN_GRID", "TrainOptions", "choose_keyword_margins", "held_out_models", "train"]
 
 #: Keyword evidence of these categories is final: the model may add to it, never veto it.
 KEYWORD_FINAL = ("safety", "legal")
@@ -218,6 +218,25 @@ def choose_keyword_margins(
         "dev_f1_in_domain_and_held_out_by_margin": {c: r for c, r in table.items() if r},
         "chosen": chosen,
     }
+
+
+def held_out_models(
+    files: Sequence[Path], taxonomy: Taxonomy, like: TagModel | None,
+    options: TrainOptions | None = None,
+) -> dict[Path, TagModel]:
+    """Per file, a model fitted on that file's train split alone, with the keyword
+    margins of ``like`` (the shipped model): the recipe as it would meet a source it was
+    not fitted on, for scoring on the other files."""
+    out: dict[Path, TagModel] = {}
+    for path in files:
+        model = train([path], taxonomy, options)[0]
+        margins = {c: p.keyword_margin for c, p in like.categories.items()} if like else {}
+        cats = {c: replace(p, keyword_margin=margins.get(c, 0.0))
+                for c, p in model.categories.items()}
+        model = replace(model, categories=cats)
+        digest = hashlib.sha256(model.dumps().encode()).hexdigest()[:12]
+        out[path] = replace(model, digest=digest)
+    return out
 
 
 def check_format(text: str) -> None:
