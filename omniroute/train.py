@@ -3,8 +3,11 @@
 Per issue category, an L1-regularised logistic regression over (a) character n-gram
 counts of the normalised text and (b) which categories' keywords fired. L1 keeps the
 model sparse: only n-grams with a weight go into the automaton. The regularisation
-strength and each category's decision threshold are chosen on the dev split; the test
-split is never read here. Same files and seed, same model file, byte for byte.
+strength and each category's decision threshold are chosen on the dev split, and so is
+each category's keyword margin (:func:`choose_keyword_margins`: how far below its
+threshold the model must score before it may drop that category's keyword tags,
+chosen for text from a source the model was not fitted on as well as for its own);
+the test split is never read here. Same files and seed, same model file, byte for byte.
 
 scikit-learn is a training dependency only (``pip install 'omniroute[train]'``); the
 router reads the model file with the standard library.
