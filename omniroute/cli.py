@@ -330,7 +330,8 @@ def eval_(
     files: Annotated[list[Path], typer.Argument(help="labelled JSON-lines files")],
     split: Annotated[str | None, typer.Option(help="train, dev or test (default: all)")] = None,
     config: ConfigDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON report per file")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="one JSON report per file, one per line")] = False,
     worst: Annotated[int, typer.Option(help="how many worst examples to show", min=0)] = 10,
     keywords_only: Annotated[bool, typer.Option(
         "--keywords-only", help="leave the learned model out")] = False,

@@ -119,8 +119,9 @@ class Report:
     worst: list[dict[str, Any]]
 
     def to_json(self) -> bytes:
-        """The report as JSON (``omniroute eval --json``)."""
-        return orjson.dumps(self, option=orjson.OPT_INDENT_2)
+        """The report as one line of JSON (``omniroute eval --json`` prints one per file,
+        JSON lines, for CI)."""
+        return orjson.dumps(self)
 
 
 def _explain(result: TagResult) -> list[str]:

@@ -27,12 +27,8 @@ pytest.importorskip("sklearn", reason="training needs the train extra (scikit-le
 
 
 def _reports(output: str) -> list[dict[str, object]]:
-    """The JSON documents printed one after another (each indented)."""
-    decoder, out, at = json.JSONDecoder(), [], 0
-    while (at := output.find("{", at)) >= 0:
-        doc, at = decoder.raw_decode(output, at)
-        out.append(doc)
-    return out
+    """``--json`` output: one JSON document per line."""
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
 
 
 def test_train_rebuilds_the_shipped_model_byte_for_byte(tmp_path: Path) -> None:
