@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from omniroute.admin import ensure_topics
 from omniroute.embedded import redis_answers, start_broker, start_redis, start_redis_cluster
+from omniroute.router.exceptions import InfrastructureError
 from omniroute.router.redis_client import connect, connect_sync
 from omniroute.router.settings import Settings
 
@@ -50,8 +51,20 @@ def redis_url(standalone_redis_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
-    """A real three-primary Redis Cluster (valkey-server in cluster mode) for the session."""
-    with start_redis_cluster(primaries=3) as cluster:
+    """A real three-primary Redis Cluster (valkey-server in cluster mode) for the session.
+
+    Its six ports (clients and cluster bus) are picked free and then bound by the
+    nodes, so another process of the suite can take one in between; a failed start
+    (which cleans up after itself) is tried again on fresh ports, twice at most.
+    """
+    for attempt in range(1, 4):
+        try:
+            cluster = start_redis_cluster(primaries=3)
+            break
+        except (InfrastructureError, redis.RedisError, OSError):
+            if attempt == 3:
+                raise
+    with cluster:
         yield cluster.url
 
 
