@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -156,12 +156,9 @@ def train(
     }
     model = TagModel(categories, ngrams, frozenset(KEYWORD_FINAL) & set(categories), "", meta)
     margins, selection = choose_keyword_margins(files, taxonomy, model, options)
-    categories = {c: replace(p, keyword_margin=margins.get(c, 0.0)) for c, p in categories.items()}
     meta["keyword_margin_selection"] = selection
-    model = TagModel(categories, ngrams, model.keyword_final, "", meta)
-    text = model.dumps()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    model = TagModel(categories, ngrams, model.keyword_final, digest, meta)
+    model = _with_margins(model, lambda c: margins.get(c, 0.0))
+    model = replace(model, digest=hashlib.sha256(model.dumps().encode()).hexdigest()[:12])
     figures = {"dev_f1": dev_f1, "ngrams": len(ngrams), "keyword_margins": margins,
                "mean_abs_weight": round(
                    math.fsum(abs(w) for ws in ngrams.values() for w in ws.values())
@@ -169,8 +166,9 @@ def train(
     return model, figures
 
 
-def _with_margin(model: TagModel, margin: float) -> TagModel:
-    cats = {c: replace(p, keyword_margin=margin) for c, p in model.categories.items()}
+def _with_margins(model: TagModel, margin_of: Callable[[str], float]) -> TagModel:
+    """``model`` with each category's keyword margin set to ``margin_of(category)``."""
+    cats = {c: replace(p, keyword_margin=margin_of(c)) for c, p in model.categories.items()}
     return replace(model, categories=cats)
 
 
@@ -195,14 +193,15 @@ def choose_keyword_margins(
     if len(files) < 2:
         return {}, {"why": "one source: no held-out source to choose on"}
     dev = {path: read_labelled(path, "dev") for path in files}
-    single = {path: train([path], taxonomy, options)[0] for path in files}
+    single = held_out_models(files, taxonomy, None, options)
     pairs = [(s, t) for s in files for t in files if t != s]
     table: dict[str, dict[str, list[float]]] = {c: {} for c in model.categories}
     for margin in options.margin_grid:
-        inside = [evaluate(Tagger(taxonomy, _with_margin(model, margin)), dev[p], worst=0)
-                  for p in files]
-        held_out = [evaluate(Tagger(taxonomy, _with_margin(single[s], margin)), dev[t], worst=0)
-                    for s, t in pairs]
+        def with_it(m: TagModel, margin: float = margin) -> Tagger:
+            return Tagger(taxonomy, _with_margins(m, lambda _c: margin))
+
+        inside = [evaluate(with_it(model), dev[p], worst=0) for p in files]
+        held_out = [evaluate(with_it(single[s]), dev[t], worst=0) for s, t in pairs]
         for cat in model.categories:
             a = [r.per_category[cat].f1 for r in inside
                  if r.per_category[cat].support >= MIN_SUPPORT]
@@ -231,12 +230,10 @@ def held_out_models(
     margins of ``like`` (the shipped model): the recipe as it would meet a source it was
     not fitted on, for scoring on the other files."""
     out: dict[Path, TagModel] = {}
+    margins = {c: p.keyword_margin for c, p in like.categories.items()} if like else {}
     for path in files:
-        model = train([path], taxonomy, options)[0]
-        margins = {c: p.keyword_margin for c, p in like.categories.items()} if like else {}
-        cats = {c: replace(p, keyword_margin=margins.get(c, 0.0))
-                for c, p in model.categories.items()}
-        model = replace(model, categories=cats)
+        model = _with_margins(train([path], taxonomy, options)[0],
+                              lambda c: margins.get(c, 0.0))
         digest = hashlib.sha256(model.dumps().encode()).hexdigest()[:12]
         out[path] = replace(model, digest=digest)
     return out

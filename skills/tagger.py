@@ -377,9 +377,8 @@ class _Lanes:
 
     def __init__(self, count: int) -> None:
         self._shifts = tuple(i * self.BITS for i in range(count))
+        #: ``_OFFSET`` in every lane; as a mask, bit 62 of every lane (see ``fired``)
         self.offsets = sum(self._OFFSET << s for s in self._shifts)
-        #: bit 62 of every lane: set after ``+ offsets`` where the lane's sum is >= 0
-        self.signs = self.offsets
 
     def pack(self, weights: Sequence[float]) -> int:
         """One n-gram's weights (one per category, in order)."""
@@ -392,17 +391,13 @@ class _Lanes:
             packed += v << shift
         return packed
 
-    def pack_one(self, value: int, index: int) -> int:
-        """A scaled value in lane ``index`` alone."""
-        return value << self._shifts[index]
-
     def lane(self, offset_total: int, index: int) -> int:
         """Lane ``index`` of a sum that already has ``offsets`` added, scaled."""
         return ((offset_total >> self._shifts[index]) & self._MASK) - self._OFFSET
 
     def fired(self, offset_total: int) -> list[int]:
         """Indexes of the lanes whose sum is >= 0 (``offsets`` already added)."""
-        bits = offset_total & self.signs
+        bits = offset_total & self.offsets  # bit 62 of a lane: its sum is >= 0
         found = []
         while bits:
             low = bits & -bits
@@ -439,21 +434,16 @@ class _Scorer:
         self._cut = [math.ceil(model.categories[c].threshold_logit * scale) for c in self._cats]
         bias = [round(model.categories[c].bias * scale) for c in self._cats]
         self._base = lanes.pack_ints([b - c for b, c in zip(bias, self._cut, strict=True)])
-        kw: dict[str, list[float]] = {}
-        for i, c in enumerate(self._cats):
-            for k, w in model.categories[c].keyword_weights.items():
-                kw.setdefault(k, [0.0] * len(self._cats))[i] = w
         #: each category's keyword margin, scaled: its own keywords lower its bar by it
         self._margin = [round(model.categories[c].keyword_margin * scale) for c in self._cats]
-        for c in self._cats:
-            kw.setdefault(c, [0.0] * len(self._cats))
+        kw: dict[str, list[int]] = {}
+        for i, c in enumerate(self._cats):
+            for k, w in model.categories[c].keyword_weights.items():
+                kw.setdefault(k, [0] * len(self._cats))[i] = round(w * scale)
+            kw.setdefault(c, [0] * len(self._cats))[i] += self._margin[i]
         #: keyword category -> the packed weights of "its keywords fired", plus its
         #: margin in its own lane (taken out again where a score is reported)
-        self._kw = {
-            k: lanes.pack(ws) + (lanes.pack_one(self._margin[self._cats.index(k)],
-                                                self._cats.index(k)) if k in self._cats else 0)
-            for k, ws in kw.items()
-        }
+        self._kw = {k: lanes.pack_ints(v) for k, v in kw.items()}
         #: n-grams of two or more characters -> packed weights (they go into the automaton)
         self.packed: dict[str, _Gram] = {}
         #: single characters -> packed weights (summed per character of the message)
